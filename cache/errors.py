@@ -1,0 +1,39 @@
+"""The errors layerhoard raises. Each carries one line a user can act on."""
+
+from __future__ import annotations
+
+
+class LayerhoardError(Exception):
+    """Base of every error the library raises on purpose; the CLI prints its message as one line."""
+
+
+class InvalidDigest(LayerhoardError):
+    """A digest string that is not exactly ``sha256:<64 lower-case hex>``."""
+
+
+class InvalidReference(LayerhoardError):
+    """An image reference or transport that cannot be parsed."""
+
+
+class DigestMismatch(LayerhoardError):
+    """Bytes whose sha256 is not the digest they were fetched or stored under."""
+
+
+class SizeMismatch(LayerhoardError):
+    """Bytes whose length is not the size the descriptor promised."""
+
+
+class BlobNotFound(LayerhoardError):
+    """A blob that the store does not hold."""
+
+
+class ImageNotFound(LayerhoardError):
+    """An image reference that the store (or a source) does not know."""
+
+
+class InvalidManifest(LayerhoardError):
+    """A manifest, index or config that does not parse or breaks the OCI rules."""
+
+
+class SourceError(LayerhoardError):
+    """A source (registry, daemon, layout, archive) that failed or answered badly."""

@@ -1,0 +1,132 @@
+"""Images in the store: record one (index.json plus its metadata) and read one back.
+
+An image is recorded only once every blob it names is stored, so a reader that finds a ref in
+index.json can always open all of it (or gets a clear "evicted, fetch again" error if prune raced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cache.digest import Digest
+from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest
+from cache.model import (
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    parse_config,
+    parse_manifest_or_index,
+)
+from cache.store import BlobStore
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """One platform's image as stored: its manifest, config, and layers readable as streams."""
+
+    store: BlobStore
+    ref: str
+    manifest: Manifest
+    config: ImageConfig
+
+    @property
+    def digest(self) -> Digest:
+        return self.manifest.digest
+
+    @property
+    def layers(self) -> tuple[Descriptor, ...]:
+        return self.manifest.layers
+
+    def open_layer(self, layer: Descriptor | int) -> BinaryIO:
+        """The stored (compressed) bytes of one layer."""
+        descriptor = self.manifest.layers[layer] if isinstance(layer, int) else layer
+        return self.store.open(descriptor.digest)
+
+
+def blobs_of(store: BlobStore, root: Digest) -> Iterator[Digest]:
+    """Every blob reachable from a manifest or index digest, the root included.
+
+    Only manifests and indexes are read (never a layer); a child that is not stored is still
+    yielded, so callers can tell what is missing.
+    """
+    pending = [root]
+    seen: set[Digest] = set()
+    while pending:
+        digest = pending.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        yield digest
+        try:
+            if store.size(digest) > MAX_MANIFEST_BYTES:
+                continue  # not a manifest: never read a big blob into memory
+            parsed = parse_manifest_or_index(store.read_bytes(digest), what=f"manifest {digest}")
+        except (InvalidManifest, BlobNotFound):
+            continue  # missing or damaged: nothing below it can be named
+        if isinstance(parsed, Index):
+            pending.extend(entry.digest for entry in parsed.manifests)
+        else:
+            seen.add(parsed.config.digest)
+            yield parsed.config.digest
+            for layer in parsed.layers:
+                if layer.digest not in seen:
+                    seen.add(layer.digest)
+                    yield layer.digest
+
+
+def missing_blobs(store: BlobStore, root: Digest) -> list[Digest]:
+    return [digest for digest in blobs_of(store, root) if not store.has(digest)]
+
+
+def record_image(
+    store: BlobStore,
+    ref: str,
+    top: Manifest | Index,
+    *,
+    platform: Platform | None,
+    source: str,
+) -> None:
+    """Name a fully stored manifest or index ``ref`` in index.json and in the metadata index."""
+    missing = missing_blobs(store, top.digest)
+    if missing:
+        raise BlobNotFound(f"cannot record {ref}: {len(missing)} blob(s) missing, first {missing[0]}")
+    descriptor = Descriptor(top.media_type, top.digest, len(top.raw), platform)
+    store.set_image(ref, descriptor.to_json())
+    store.index.record_image(
+        ref,
+        {
+            "digest": str(top.digest),
+            "media_type": top.media_type,
+            "size": len(top.raw),
+            "platform": str(platform) if platform else None,
+            "source": source,
+        },
+    )
+
+
+def load_image(store: BlobStore, ref: str, platform: Platform | None = None) -> CachedImage:
+    """The stored image named ``ref``; for an index, the manifest for ``platform`` (default the host's)."""
+    entry = store.image_descriptor(ref)
+    if entry is None:
+        raise ImageNotFound(f"{ref} is not in the cache; pull it first")
+    descriptor = Descriptor.from_json(entry, f"index.json entry {ref}")
+    return load_manifest(store, ref, descriptor.digest, platform)
+
+
+def load_manifest(store: BlobStore, ref: str, digest: Digest, platform: Platform | None = None) -> CachedImage:
+    try:
+        parsed = parse_manifest_or_index(store.read_bytes(digest), what=f"manifest of {ref}")
+        if isinstance(parsed, Index):
+            chosen = parsed.choose(platform or Platform.host())
+            parsed = parse_manifest_or_index(store.read_bytes(chosen.digest), what=f"manifest of {ref}")
+            if isinstance(parsed, Index):
+                raise InvalidManifest(f"manifest of {ref}: nested index is not supported")
+        config = parse_config(store.read_bytes(parsed.config.digest), f"config of {ref}")
+    except BlobNotFound as error:
+        raise ImageNotFound(f"{ref} was evicted from the cache while in use; fetch it again ({error})") from None
+    return CachedImage(store, ref, parsed, config)

@@ -1,0 +1,183 @@
+"""The metadata index: what is known about the blobs and images, kept in diskcache (SQLite).
+
+Everything here can be rebuilt from blobs/ and index.json, so a lost or damaged index never costs
+data (invariant 6). Values are JSON text, never pickle (invariant 7): :class:`JsonOnlyDisk` refuses
+any other type, so a stray object fails loudly instead of being pickled.
+
+Keys, one namespace each:
+  blob/<digest>      {"size", "media_type", "blake3", "stored_at", "last_used", "source"}
+  diffid/<diff_id>   {"<blob digest>": "<media type>", ...}  blobs whose uncompressed sha256 we computed
+  blobdiff/<digest>  "<diff_id>"
+  image/<ref>        {"ref", "digest", "media_type", "size", "platform", "source", "stored_at", "last_used"}
+  pin/<ref>          "<time pinned>"
+  stat/<name>        integer counters
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from cache.digest import Digest, parse_digest
+from cache.fsutil import file_lock
+
+JsonDict = dict[str, Any]
+
+
+class JsonOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache Disk that stores str, bytes and numbers as they are and refuses everything else."""
+
+    _ALLOWED = (str, bytes, int, float)
+
+    def put(self, key: Any) -> Any:
+        if type(key) not in self._ALLOWED:
+            raise TypeError(f"metadata keys must be str or bytes, not {type(key).__name__}")
+        return super().put(key)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if type(value) not in self._ALLOWED:
+            raise TypeError(f"metadata values must be JSON text, not {type(value).__name__}")
+        return super().store(value, read, key)
+
+
+class MetadataIndex:
+    """Typed access to the diskcache of one store. Safe to share between processes."""
+
+    def __init__(self, directory: Path, lock_path: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Concurrent first opens of one SQLite file can fail (diskcache#266): serialise them.
+        with file_lock(lock_path):
+            self._cache = diskcache.Cache(
+                str(directory),
+                disk=JsonOnlyDisk,
+                eviction_policy="none",
+                size_limit=2**62,
+                cull_limit=0,
+                timeout=60,
+                statistics=False,
+            )
+
+    def close(self) -> None:
+        self._cache.close()
+
+    # -- low level -----------------------------------------------------------------------------
+    def _get(self, key: str) -> Any:
+        raw = self._cache.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def _set(self, key: str, value: Any) -> None:
+        self._cache.set(key, json.dumps(value, sort_keys=True))
+
+    def _iter(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and key.startswith(prefix):
+                value = self._get(key)
+                if value is not None:
+                    yield key[len(prefix):], value
+
+    # -- blobs ---------------------------------------------------------------------------------
+    def record_blob(self, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None) -> None:
+        now = time.time()
+        self._set(
+            f"blob/{digest}",
+            {"size": size, "blake3": blake3, "media_type": media_type, "source": source,
+             "stored_at": now, "last_used": now},
+        )
+
+    def blob(self, digest: Digest) -> JsonDict | None:
+        value = self._get(f"blob/{digest}")
+        return value if isinstance(value, dict) else None
+
+    def touch_blobs(self, digests: list[Digest]) -> None:
+        now = time.time()
+        with self._cache.transact(retry=True):
+            for digest in digests:
+                record = self.blob(digest)
+                if record is not None:
+                    record["last_used"] = now
+                    self._set(f"blob/{digest}", record)
+
+    def drop_blob(self, digest: Digest) -> None:
+        """Forget a blob and every diff_id pair that names it."""
+        with self._cache.transact(retry=True):
+            self._cache.delete(f"blob/{digest}")
+            diff_id = self._get(f"blobdiff/{digest}")
+            self._cache.delete(f"blobdiff/{digest}")
+            if isinstance(diff_id, str):
+                pairs = self._get(f"diffid/{diff_id}") or {}
+                pairs.pop(str(digest), None)
+                if pairs:
+                    self._set(f"diffid/{diff_id}", pairs)
+                else:
+                    self._cache.delete(f"diffid/{diff_id}")
+
+    def blobs(self) -> Iterator[tuple[Digest, JsonDict]]:
+        for name, value in self._iter("blob/"):
+            yield parse_digest(name), value
+
+    # -- diff_id pairs (only ever recorded after we hashed the uncompressed bytes ourselves) -----
+    def record_diff_id(self, blob: Digest, diff_id: Digest, media_type: str) -> None:
+        with self._cache.transact(retry=True):
+            pairs = self._get(f"diffid/{diff_id}") or {}
+            pairs[str(blob)] = media_type
+            self._set(f"diffid/{diff_id}", pairs)
+            self._set(f"blobdiff/{blob}", str(diff_id))
+
+    def blobs_for_diff_id(self, diff_id: Digest) -> dict[Digest, str]:
+        """Stored blobs known to uncompress to ``diff_id``, with their media types."""
+        pairs = self._get(f"diffid/{diff_id}") or {}
+        return {parse_digest(blob): media_type for blob, media_type in pairs.items()}
+
+    def diff_id_of(self, blob: Digest) -> Digest | None:
+        value = self._get(f"blobdiff/{blob}")
+        return parse_digest(value) if isinstance(value, str) else None
+
+    # -- images --------------------------------------------------------------------------------
+    def record_image(self, ref: str, record: JsonDict) -> None:
+        now = time.time()
+        old = self.image(ref)
+        stored_at = old["stored_at"] if old and old.get("digest") == record.get("digest") else now
+        self._set(f"image/{ref}", {**record, "ref": ref, "stored_at": stored_at, "last_used": now})
+
+    def image(self, ref: str) -> JsonDict | None:
+        value = self._get(f"image/{ref}")
+        return value if isinstance(value, dict) else None
+
+    def images(self) -> Iterator[tuple[str, JsonDict]]:
+        yield from self._iter("image/")
+
+    def touch_image(self, ref: str) -> None:
+        with self._cache.transact(retry=True):
+            record = self.image(ref)
+            if record is not None:
+                record["last_used"] = time.time()
+                self._set(f"image/{ref}", record)
+
+    def drop_image(self, ref: str) -> None:
+        self._cache.delete(f"image/{ref}")
+
+    # -- pins ----------------------------------------------------------------------------------
+    def pin(self, ref: str) -> None:
+        self._set(f"pin/{ref}", time.time())
+
+    def unpin(self, ref: str) -> bool:
+        return bool(self._cache.delete(f"pin/{ref}"))
+
+    def pins(self) -> set[str]:
+        return {ref for ref, _ in self._iter("pin/")}
+
+    # -- counters ------------------------------------------------------------------------------
+    def count(self, name: str, amount: int = 1) -> None:
+        self._cache.incr(f"stat/{name}", amount, default=0, retry=True)
+
+    def counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and key.startswith("stat/"):
+                out[key[5:]] = int(self._cache.get(key, 0))
+        return out

@@ -1,0 +1,164 @@
+"""Image references and transports, with Docker's normalisation rules.
+
+    docker://REF             a registry image; the default when no transport is given
+    docker-daemon:NAME[:TAG] an image in the local Docker daemon (or sha256:<id>)
+    oci:DIR[:REF]            an OCI image layout on disk
+    docker-archive:FILE      a `docker save` tarball
+
+``alpine`` normalises to ``docker.io/library/alpine:latest``, as Docker does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cache.digest import Digest, parse_digest
+from cache.errors import InvalidDigest, InvalidReference
+
+DEFAULT_REGISTRY = "docker.io"
+DEFAULT_TAG = "latest"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A normalised registry reference: registry, repository, and a tag and/or a digest."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, text: str, default_registry: str = DEFAULT_REGISTRY) -> ImageRef:
+        original = text
+        if not text or len(text) > 4096 or any(c.isspace() for c in text):
+            raise InvalidReference(f"invalid image reference {original[:100]!r}")
+        digest = None
+        if "@" in text:
+            text, digest_text = text.split("@", 1)
+            try:
+                digest = parse_digest(digest_text)
+            except InvalidDigest as error:
+                raise InvalidReference(f"invalid image reference {original!r}: {error}") from None
+        tag = None
+        slash = text.rfind("/")
+        colon = text.rfind(":")
+        if colon > slash:
+            text, tag = text[:colon], text[colon + 1:]
+            if not _TAG.fullmatch(tag):
+                raise InvalidReference(f"invalid tag {tag!r} in {original!r}")
+        first, _, rest = text.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+            registry, path = first, rest
+            if not _DOMAIN.fullmatch(registry):
+                raise InvalidReference(f"invalid registry {registry!r} in {original!r}")
+        else:
+            registry, path = default_registry, text
+        if registry in ("index.docker.io", "registry-1.docker.io"):
+            registry = DEFAULT_REGISTRY
+        if registry == DEFAULT_REGISTRY and "/" not in path:
+            path = f"library/{path}"
+        if not _PATH.fullmatch(path):
+            raise InvalidReference(
+                f"invalid repository {path!r} in {original!r}: use lower-case letters, digits and . _ - /"
+            )
+        if tag is None and digest is None:
+            tag = DEFAULT_TAG
+        return cls(registry, path, tag, digest)
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        """What goes after /manifests/ in a registry URL: the digest when pinned, else the tag."""
+        return str(self.digest) if self.digest else (self.tag or DEFAULT_TAG)
+
+    def with_digest(self, digest: Digest) -> ImageRef:
+        return ImageRef(self.registry, self.repository, self.tag, digest)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+@dataclass(frozen=True)
+class RegistrySource:
+    ref: ImageRef
+
+    def __str__(self) -> str:
+        return f"docker://{self.ref}"
+
+
+@dataclass(frozen=True)
+class DaemonSource:
+    name: str  # as the daemon knows it: NAME:TAG, or an image ID
+
+    def __str__(self) -> str:
+        return f"docker-daemon:{self.name}"
+
+
+@dataclass(frozen=True)
+class LayoutSource:
+    path: str
+    ref: str | None
+
+    def __str__(self) -> str:
+        return f"oci:{self.path}" + (f":{self.ref}" if self.ref else "")
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    path: str
+
+    def __str__(self) -> str:
+        return f"docker-archive:{self.path}"
+
+
+Source = RegistrySource | DaemonSource | LayoutSource | ArchiveSource
+
+
+def parse_source(text: str) -> Source:
+    """Parse ``[TRANSPORT:]REF`` as skopeo does; ``docker://`` is the default transport."""
+    if text.startswith("docker://"):
+        return RegistrySource(ImageRef.parse(text[len("docker://"):]))
+    if text.startswith("docker-daemon:"):
+        name = text[len("docker-daemon:"):]
+        if not name:
+            raise InvalidReference("docker-daemon: needs an image name, like docker-daemon:app:1")
+        if not name.startswith("sha256:") and "@" not in name:
+            # Docker's own names: normalise but keep what the daemon understands.
+            ImageRef.parse(name)
+            if ":" not in name.rsplit("/", 1)[-1]:
+                name += f":{DEFAULT_TAG}"
+        return DaemonSource(name)
+    if text.startswith("oci:"):
+        body = text[len("oci:"):]
+        path, _, ref = body.partition(":")
+        if not path:
+            raise InvalidReference("oci: needs a folder, like oci:./layout:app")
+        return LayoutSource(path, ref or None)
+    if text.startswith("docker-archive:"):
+        path = text[len("docker-archive:"):]
+        if not path:
+            raise InvalidReference("docker-archive: needs a file, like docker-archive:image.tar")
+        return ArchiveSource(path)
+    transport = text.split(":", 1)[0]
+    if re.fullmatch(r"[a-z-]+", transport) and "://" not in text and transport in (
+        "dir", "containers-storage", "oci-archive", "docker-save",
+    ):
+        raise InvalidReference(
+            f"unsupported transport {transport!r}: use docker://, docker-daemon:, oci: or docker-archive:"
+        )
+    return RegistrySource(ImageRef.parse(text))

@@ -1,0 +1,378 @@
+"""BlobStore: the content-addressed store on disk, which is itself an OCI image layout.
+
+    oci-layout            {"imageLayoutVersion": "1.0.0"}
+    index.json            every cached image, named by org.opencontainers.image.ref.name
+    blobs/sha256/<hex>    exactly the bytes the name says; read-only
+    ingest/               partial writes, never read as blobs
+    locks/                one flock file per digest being written
+    meta/                 the metadata index (diskcache)
+    corrupt/              blobs that verify found damaged, kept for inspection
+
+How a blob is published (containerd's commit is the model): stream into ingest/ while hashing,
+fsync, check size and sha256, chmod read-only, hard-link into blobs/ (an existing target is
+success), unlink the ingest file, fsync blobs/. A reader never takes a lock: a name in blobs/
+appears only once its content is complete and checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cache.digest import CHUNK, Digest, Hasher, check, hash_file, iter_chunks, parse_digest, sha256_of
+from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
+from cache.fsutil import file_lock, fsync_dir, write_atomic
+from cache.index import MetadataIndex
+
+LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+REF_NAME = "org.opencontainers.image.ref.name"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+
+
+def default_cache_dir() -> Path:
+    """``$LAYERHOARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/layerhoard``, else ``~/.cache/layerhoard``."""
+    explicit = os.environ.get("LAYERHOARD_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "layerhoard"
+
+
+@dataclass(frozen=True)
+class CorruptBlob:
+    digest: Digest
+    reason: str
+    moved_to: Path
+
+
+class BlobWriter:
+    """Bytes on their way into the store under one digest. Made by :meth:`BlobStore.writer`.
+
+    ``offset`` is how many bytes an earlier, interrupted attempt left in ingest/ (already hashed
+    again), so a caller that can resume asks its source for the rest only.
+    """
+
+    def __init__(self, store: BlobStore, digest: Digest, size: int | None, resume: bool) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.path = store.ingest_dir / f"sha256-{digest.hex}"
+        self._hasher = Hasher()
+        mode = "r+b" if resume and self.path.exists() else "w+b"
+        self._file: BinaryIO = open(self.path, mode)  # type: ignore[assignment]  # noqa: SIM115
+        if mode == "r+b":
+            while chunk := self._file.read(4 * CHUNK):
+                self._hasher.update(chunk)
+            if size is not None and self._hasher.size > size:
+                self._file.seek(0)
+                self._file.truncate()
+                self._hasher = Hasher()
+        self.committed = False
+
+    @property
+    def offset(self) -> int:
+        return self._hasher.size
+
+    def restart(self) -> None:
+        """Drop what was written so far (the source could not resume)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hasher = Hasher()
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        if self.size is not None and self._hasher.size + len(chunk) > self.size:
+            raise SizeMismatch(f"blob {self.digest}: more than the expected {self.size} bytes")
+        self._hasher.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self, media_type: str | None = None, source: str | None = None) -> None:
+        """Check and publish; on a mismatch the partial data is deleted and the error raised."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        try:
+            check(self.digest, self._hasher.digest, self.size, self._hasher.size, f"blob {self.digest}")
+        except LayerhoardError:
+            self.path.unlink(missing_ok=True)  # bad bytes must not be resumed (containerd#3974)
+            raise
+        self.store._publish(self.path, self.digest)
+        self.store.index.record_blob(self.digest, self._hasher.size, self._hasher.blake3, media_type, source)
+        self.committed = True
+
+    def close(self) -> None:
+        """Release the file; the partial data stays in ingest/ for a resume (gc removes it later)."""
+        if not self._file.closed:
+            self._file.close()
+
+
+class BlobStore:
+    """One cache folder. Cheap to open; safe for many processes and threads at once."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.ingest_dir = self.root / "ingest"
+        self.locks_dir = self.root / "locks"
+        self.corrupt_dir = self.root / "corrupt"
+        self.index_path = self.root / "index.json"
+        self._index: MetadataIndex | None = None
+        self._init_layout()
+
+    # -- layout --------------------------------------------------------------------------------
+    def _init_layout(self) -> None:
+        try:
+            for folder in (self.blobs_dir, self.ingest_dir, self.locks_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LayerhoardError(f"cannot create cache folder {self.root}: {error.strerror}") from error
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            write_atomic(layout, json.dumps(LAYOUT_VERSION).encode())
+        if not self.index_path.exists():
+            with file_lock(self.locks_dir / "index.json.lock"):
+                if not self.index_path.exists():
+                    self._write_index_json([])
+
+    @property
+    def index(self) -> MetadataIndex:
+        if self._index is None:
+            self._index = MetadataIndex(self.root / "meta", self.locks_dir / "meta.lock")
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    # -- reading (no locks) --------------------------------------------------------------------
+    def path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.hex
+
+    def has(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} is not in the cache") from None
+
+    def open(self, digest: Digest) -> BinaryIO:
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} is not in the cache") from None
+
+    def read_bytes(self, digest: Digest) -> bytes:
+        """A small blob (manifest, config) in memory."""
+        with self.open(digest) as handle:
+            return handle.read()
+
+    def digests(self) -> Iterator[Digest]:
+        for entry in os.scandir(self.blobs_dir):
+            try:
+                yield parse_digest(f"sha256:{entry.name}")
+            except LayerhoardError:
+                continue  # not ours: ignore rather than serve it
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, digest: Digest) -> Iterator[None]:
+        """The cross-process lock of one digest: one transfer per digest (invariant 3)."""
+        with file_lock(self.locks_dir / f"sha256-{digest.hex}.lock"):
+            yield
+
+    @contextlib.contextmanager
+    def writer(self, digest: Digest, size: int | None = None, *, resume: bool = False) -> Iterator[BlobWriter | None]:
+        """Lock ``digest`` and yield a writer, or None when the blob is (now) stored.
+
+        The second look after the lock is what makes a waiting process reuse the blob that the
+        first one fetched instead of fetching it again.
+        """
+        with self.lock(digest):
+            if self.has(digest):
+                yield None
+                return
+            writer = BlobWriter(self, digest, size, resume)
+            try:
+                yield writer
+            except BaseException:
+                writer.close()
+                raise
+            writer.close()
+
+    def ingest(
+        self,
+        digest: Digest,
+        stream: BinaryIO | Iterable[bytes],
+        size: int | None = None,
+        media_type: str | None = None,
+        source: str | None = None,
+    ) -> bool:
+        """Store the bytes of ``stream`` under ``digest``. True when written now, False when already there.
+
+        A wrong digest or size raises and leaves nothing in blobs/.
+        """
+        with self.writer(digest, size) as writer:
+            if writer is None:
+                return False
+            try:
+                for chunk in iter_chunks(stream):
+                    writer.write(chunk)
+            except BaseException:
+                writer.path.unlink(missing_ok=True)  # a plain stream cannot resume: drop it
+                raise
+            writer.commit(media_type, source)
+            return True
+
+    def put_bytes(self, data: bytes, media_type: str | None = None, source: str | None = None) -> Digest:
+        """Store small bytes (a manifest, a config) under their own digest."""
+        digest = sha256_of(data)
+        self.ingest(digest, [data], len(data), media_type, source)
+        return digest
+
+    def ingest_unknown(
+        self, stream: BinaryIO | Iterable[bytes], media_type: str | None = None, source: str | None = None
+    ) -> tuple[Digest, int, bool]:
+        """Store bytes whose digest is known only once they are written (for example our own zstd).
+
+        Returns (digest, size, written_now).
+        """
+        temp = self.ingest_dir / f"tmp-{uuid.uuid4().hex}"
+        hasher = Hasher()
+        try:
+            with open(temp, "wb") as handle:
+                for chunk in iter_chunks(stream):
+                    hasher.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            digest = hasher.digest
+            with self.lock(digest):
+                if self.has(digest):
+                    return digest, hasher.size, False
+                self._publish(temp, digest)
+                self.index.record_blob(digest, hasher.size, hasher.blake3, media_type, source)
+                return digest, hasher.size, True
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _publish(self, ingest_path: Path, digest: Digest) -> None:
+        """Make checked bytes visible under their digest. Caller holds the digest's lock."""
+        os.chmod(ingest_path, 0o444)
+        try:
+            os.link(ingest_path, self.path(digest))
+        except FileExistsError:
+            pass  # someone published the same bytes first: that is success
+        ingest_path.unlink(missing_ok=True)
+        fsync_dir(self.blobs_dir)
+
+    def delete(self, digest: Digest) -> bool:
+        """Remove a blob (prune, gc). Takes the digest's lock so no write of it is in progress."""
+        with self.lock(digest):
+            try:
+                self.path(digest).unlink()
+            except FileNotFoundError:
+                return False
+        self.index.drop_blob(digest)
+        return True
+
+    # -- index.json ----------------------------------------------------------------------------
+    def images(self) -> list[dict[str, object]]:
+        """The descriptors of index.json, each with its ref name annotation."""
+        try:
+            data = json.loads(self.index_path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError as error:
+            raise LayerhoardError(f"{self.index_path} is not valid JSON: {error}") from error
+        manifests = data.get("manifests", []) if isinstance(data, dict) else []
+        return [entry for entry in manifests if isinstance(entry, dict)]
+
+    def image_descriptor(self, ref: str) -> dict[str, object] | None:
+        for entry in self.images():
+            annotations = entry.get("annotations")
+            if isinstance(annotations, dict) and annotations.get(REF_NAME) == ref:
+                return entry
+        return None
+
+    def set_image(self, ref: str, descriptor: dict[str, object]) -> None:
+        """Point ``ref`` at a manifest descriptor in index.json (replaced atomically, under a lock)."""
+        entry = dict(descriptor)
+        entry["annotations"] = {**dict(descriptor.get("annotations") or {}), REF_NAME: ref}  # type: ignore[call-overload]
+        with file_lock(self.locks_dir / "index.json.lock"):
+            entries = [e for e in self.images() if _ref_name(e) != ref]
+            entries.append(entry)
+            entries.sort(key=lambda e: _ref_name(e) or "")
+            self._write_index_json(entries)
+
+    def remove_image(self, ref: str) -> bool:
+        with file_lock(self.locks_dir / "index.json.lock"):
+            entries = self.images()
+            kept = [e for e in entries if _ref_name(e) != ref]
+            if len(kept) == len(entries):
+                return False
+            self._write_index_json(kept)
+            return True
+
+    def _write_index_json(self, entries: list[dict[str, object]]) -> None:
+        document = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
+        write_atomic(self.index_path, json.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
+
+    # -- verify --------------------------------------------------------------------------------
+    def verify(self, *, full: bool = False, repair: bool = False) -> tuple[int, list[CorruptBlob]]:
+        """Re-hash every blob; move damaged ones to corrupt/ so they are never served.
+
+        ``full`` checks sha256 against the name; otherwise blake3 against the record made at ingest
+        (sha256 where no record exists). ``repair`` also forgets the blob in the index so the next
+        pull fetches it again. Returns (blobs checked, corrupt blobs).
+        """
+        checked = 0
+        corrupt: list[CorruptBlob] = []
+        for digest in list(self.digests()):
+            path = self.path(digest)
+            record = self.index.blob(digest)
+            reason = None
+            try:
+                if full or record is None or not record.get("blake3"):
+                    actual = parse_digest(f"sha256:{hash_file(str(path))}")
+                    if actual != digest:
+                        reason = f"sha256 is {actual}"
+                else:
+                    actual_b3 = hash_file(str(path), use_blake3=True)
+                    if actual_b3 != record["blake3"]:
+                        reason = f"blake3 is {actual_b3}, recorded {record['blake3']}"
+            except FileNotFoundError:
+                continue  # deleted by prune while we looked
+            checked += 1
+            if reason is None:
+                continue
+            corrupt.append(CorruptBlob(digest, reason, self._quarantine(digest)))
+            if repair:
+                self.index.drop_blob(digest)
+        return checked, corrupt
+
+    def _quarantine(self, digest: Digest) -> Path:
+        self.corrupt_dir.mkdir(exist_ok=True)
+        target = self.corrupt_dir / f"sha256-{digest.hex}-{int(time.time())}"
+        with self.lock(digest):
+            shutil.move(str(self.path(digest)), target)
+        fsync_dir(self.blobs_dir)
+        return target
+
+
+def _ref_name(entry: dict[str, object]) -> str | None:
+    annotations = entry.get("annotations")
+    if isinstance(annotations, dict):
+        name = annotations.get(REF_NAME)
+        return name if isinstance(name, str) else None
+    return None

@@ -1,0 +1,111 @@
+"""ls, du, verify, gc: looking at the cache and keeping it sound."""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from cache.lifecycle import gc as run_gc
+from cache.lifecycle import usage
+from cache.store import REF_NAME
+from cache.units import format_size, parse_duration
+from cli.output import Context, pass_context
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+@click.command("ls")
+@pass_context
+def ls_command(ctx: Context) -> None:
+    """List cached images."""
+    store = ctx.store
+    pins = store.index.pins()
+    rows = []
+    for entry in store.images():
+        annotations = entry.get("annotations")
+        ref = str(annotations.get(REF_NAME, "")) if isinstance(annotations, dict) else ""
+        record = store.index.image(ref) or {}
+        rows.append({
+            "ref": ref,
+            "digest": entry.get("digest"),
+            "media_type": entry.get("mediaType"),
+            "platform": record.get("platform"),
+            "source": record.get("source"),
+            "last_used": record.get("last_used"),
+            "pinned": ref in pins,
+        })
+    lines = [f"{'REF':50} {'DIGEST':19} {'SOURCE':14} {'LAST USED':16} PIN"]
+    for row in rows:
+        source = str(row["source"] or "-").split(":", 1)[0]
+        lines.append(
+            f"{row['ref']:50} {str(row['digest'])[7:19]:19} {source:14} {_when(row['last_used']):16} "  # type: ignore[arg-type]
+            f"{'yes' if row['pinned'] else ''}"
+        )
+    ctx.result({"images": rows}, "\n".join(lines))
+
+
+@click.command("du")
+@pass_context
+def du_command(ctx: Context) -> None:
+    """Disk use: total bytes, blobs, and the bytes that sharing layers saved."""
+    result = usage(ctx.store)
+    data = {"bytes": result.bytes, "blobs": result.blobs, "images": result.images,
+            "image_bytes": result.image_bytes, "dedup_saved_bytes": result.dedup_saved}
+    text = (f"{format_size(result.bytes)} in {result.blobs} blobs for {result.images} images "
+            f"(dedup saved {format_size(result.dedup_saved)})")
+    ctx.result(data, text)
+
+
+@click.command("verify")
+@click.option("--fast", "mode", flag_value="fast", default=True, help="Check blake3 recorded at ingest (default).")
+@click.option("--full", "mode", flag_value="full", help="Check sha256 against each blob's name.")
+@click.option("--repair", is_flag=True, help="Also forget corrupt blobs so the next pull fetches them again.")
+@pass_context
+def verify_command(ctx: Context, mode: str, repair: bool) -> None:
+    """Re-hash every blob; corrupt ones are moved aside and never served."""
+    checked, corrupt = ctx.store.verify(full=mode == "full", repair=repair)
+    data = {
+        "checked": checked,
+        "mode": mode,
+        "corrupt": [{"digest": str(c.digest), "reason": c.reason, "moved_to": str(c.moved_to)} for c in corrupt],
+        "repaired": repair,
+    }
+    lines = [f"corrupt: {c.digest}: {c.reason} (moved to {c.moved_to})" for c in corrupt]
+    lines.append(f"checked {checked} blobs ({mode}): {len(corrupt)} corrupt")
+    ctx.result(data, "\n".join(lines))
+    if corrupt:
+        raise SystemExit(1)
+
+
+@click.command("gc")
+@click.option("--grace", default="1h", show_default=True, help="Keep orphans and partial writes younger than this.")
+@click.option("--dry-run", is_flag=True, help="Say what would go, remove nothing.")
+@pass_context
+def gc_command(ctx: Context, grace: str, dry_run: bool) -> None:
+    """Remove orphan blobs, stale partial writes and idle lock files older than the grace period."""
+    try:
+        grace_seconds = parse_duration(grace)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--grace") from None
+    result = run_gc(ctx.store, grace_seconds, dry_run=dry_run)
+    data = {
+        "removed_blobs": [str(d) for d in result.removed_blobs],
+        "freed_bytes": result.freed_bytes,
+        "removed_ingest": result.removed_ingest,
+        "removed_locks": result.removed_locks,
+        "dry_run": dry_run,
+    }
+    verb = "would remove" if dry_run else "removed"
+    text = (f"{verb} {len(result.removed_blobs)} orphan blobs ({format_size(result.freed_bytes)}), "
+            f"{result.removed_ingest} partial writes, {result.removed_locks} lock files")
+    ctx.result(data, text)
+
+
+def register(group: click.Group) -> None:
+    for command in (ls_command, du_command, verify_command, gc_command):
+        group.add_command(command)

@@ -1,0 +1,49 @@
+"""How commands talk: one JSON document on stdout with --json, text otherwise; logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cache.store import BlobStore, default_cache_dir
+
+
+@dataclass
+class Context:
+    cache_dir: Path
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    _store: BlobStore | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> BlobStore:
+        if self._store is None:
+            self._store = BlobStore(self.cache_dir)
+        return self._store
+
+    def result(self, data: Any, text: str | None = None) -> None:
+        """Print a command's result: ``data`` as JSON with --json, else ``text``."""
+        if self.json:
+            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        elif text is not None and not self.quiet:
+            click.echo(text)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def progress_enabled(self) -> bool:
+        return not self.quiet and sys.stderr.isatty()
+
+
+def resolve_cache_dir(option: str | None) -> Path:
+    return Path(option) if option else default_cache_dir()
+
+
+pass_context = click.make_pass_decorator(Context)
