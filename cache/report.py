@@ -1,0 +1,34 @@
+"""What a pull did, for the API and for `pull --json`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class LayerReport:
+    digest: str
+    diff_id: str | None
+    size: int
+    media_type: str
+    reused: bool
+
+
+@dataclass
+class PullReport:
+    """One image pulled into the store. ``bytes_fetched`` counts bytes that came from a registry or
+    the daemon in this run; ``bytes_reused`` the layer bytes that were already stored."""
+
+    ref: str
+    digest: str
+    platform: str | None
+    source: str
+    layers: list[LayerReport] = field(default_factory=list)
+    bytes_fetched: int = 0
+    bytes_reused: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
