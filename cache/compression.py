@@ -87,7 +87,7 @@ class _ZstdStream:
 
     def close(self) -> None:
         try:
-            self._writer.flush()
+            self._writer.flush()  # type: ignore[no-untyped-call]
         except zstandard.ZstdError as error:
             raise CorruptLayer(f"zstd data is corrupt: {error}") from None
         if self._seen == 0:

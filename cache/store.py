@@ -94,16 +94,34 @@ class BlobWriter:
         self._hasher.update(chunk)
         self._file.write(chunk)
 
-    def commit(self, media_type: str | None = None, source: str | None = None) -> None:
-        """Check and publish; on a mismatch the partial data is deleted and the error raised."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+    def existing_chunks(self) -> Iterator[bytes]:
+        """The bytes an earlier attempt left (the first ``offset`` bytes), for callers that hash too."""
+        with open(self.path, "rb") as handle:
+            remaining = self.offset
+            while remaining > 0 and (chunk := handle.read(min(4 * CHUNK, remaining))):
+                remaining -= len(chunk)
+                yield chunk
+
+    def verify(self) -> None:
+        """Flush to disk and check size and sha256; on a mismatch the partial data is deleted."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         try:
             check(self.digest, self._hasher.digest, self.size, self._hasher.size, f"blob {self.digest}")
         except LayerhoardError:
-            self.path.unlink(missing_ok=True)  # bad bytes must not be resumed (containerd#3974)
+            self.discard()  # bad bytes must not be resumed (containerd#3974)
             raise
+
+    def discard(self) -> None:
+        """Drop the partial data: it is known bad, or its source cannot resume."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def commit(self, media_type: str | None = None, source: str | None = None) -> None:
+        """Check and publish; on a mismatch the partial data is deleted and the error raised."""
+        self.verify()
         self.store._publish(self.path, self.digest)
         self.store.index.record_blob(self.digest, self._hasher.size, self._hasher.blake3, media_type, source)
         self.committed = True
@@ -229,7 +247,7 @@ class BlobStore:
                 for chunk in iter_chunks(stream):
                     writer.write(chunk)
             except BaseException:
-                writer.path.unlink(missing_ok=True)  # a plain stream cannot resume: drop it
+                writer.discard()  # a plain stream cannot resume: drop it
                 raise
             writer.commit(media_type, source)
             return True

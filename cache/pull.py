@@ -1,0 +1,62 @@
+"""One entry point for every source: ``pull(store, source)`` brings an image into the store.
+
+    from cache import BlobStore
+    from cache.pull import pull, PullOptions
+    report = pull(BlobStore("~/.cache/layerhoard"), "alpine:3.20")
+    image = load_image(store, report.ref)       # manifest, config, layers as streams
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cache.errors import SourceError
+from cache.model import Platform
+from cache.progress import ProgressFactory, no_progress
+from cache.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
+from cache.report import PullReport
+from cache.sources.layout import pull_from_layout
+from cache.sources.registry import DEFAULT_JOBS, RegistryPullOptions, pull_from_registry
+from cache.store import BlobStore
+
+
+@dataclass
+class PullOptions:
+    platform: Platform | None = None
+    all_platforms: bool = False
+    jobs: int = DEFAULT_JOBS
+    insecure: bool = False
+    offline: bool = False
+    docker_host: str | None = None
+    name: str | None = None  # the name to record an oci: or docker-archive: image under
+    progress: ProgressFactory = no_progress
+
+
+def pull(store: BlobStore, source: Source | str, options: PullOptions | None = None) -> PullReport:
+    """Bring the image named by ``source`` into ``store``; report what was fetched and reused."""
+    options = options or PullOptions()
+    if isinstance(source, str):
+        source = parse_source(source)
+    if isinstance(source, RegistrySource):
+        return pull_from_registry(
+            store,
+            source.ref,
+            RegistryPullOptions(options.platform, options.all_platforms, options.jobs, options.insecure,
+                                options.offline, options.progress),
+        )
+    if isinstance(source, LayoutSource):
+        return pull_from_layout(store, source, platform=options.platform, name=options.name,
+                                jobs=options.jobs, progress=options.progress)
+    if isinstance(source, DaemonSource):
+        try:
+            from cache.sources.daemon import pull_from_daemon
+        except ImportError:
+            raise SourceError("the docker-daemon: source is not available in this build") from None
+        return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress)
+    if isinstance(source, ArchiveSource):
+        try:
+            from cache.sources.archive import pull_from_archive
+        except ImportError:
+            raise SourceError("the docker-archive: source is not available in this build") from None
+        return pull_from_archive(store, source)
+    raise SourceError(f"unsupported source {source!r}")

@@ -1,0 +1,1 @@
+"""A client for the OCI Distribution API: auth, retries, manifests and blobs."""

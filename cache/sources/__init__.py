@@ -1,0 +1,1 @@
+"""Where images come from: registries, the Docker daemon, OCI layouts, docker-archive tarballs."""

@@ -1,0 +1,77 @@
+"""Warming the cache with many images: lists from files and from a Zarf package definition.
+
+Each blob is fetched once however many images share it: the store's per-digest lock makes a
+second pull of a shared layer wait for the first and then reuse it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cache.errors import LayerhoardError
+from cache.pull import PullOptions, pull
+from cache.report import PullReport
+from cache.store import BlobStore
+
+
+def read_image_list(path: Path) -> list[str]:
+    """One image per line; blank lines and ``#`` comments are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise LayerhoardError(f"cannot read image list {path}: {error.strerror}") from None
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def read_zarf_images(path: Path) -> list[str]:
+    """The images listed under ``components[].images`` of a zarf.yaml, in order, without repeats."""
+    try:
+        document: Any = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise LayerhoardError(f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise LayerhoardError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("components"), list):
+        raise LayerhoardError(f"{path} is not a Zarf package definition (no components list)")
+    images: list[str] = []
+    for component in document["components"]:
+        listed = component.get("images") if isinstance(component, dict) else None
+        for image in listed or []:
+            if not isinstance(image, str):
+                raise LayerhoardError(f"{path}: component images must be strings, found {image!r}")
+            if image not in images:
+                images.append(image)
+    return images
+
+
+@dataclass
+class WarmResult:
+    reports: list[PullReport] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(r.bytes_fetched for r in self.reports)
+
+    @property
+    def bytes_reused(self) -> int:
+        return sum(r.bytes_reused for r in self.reports)
+
+
+def warm(store: BlobStore, sources: list[str], options: PullOptions) -> WarmResult:
+    """Pull every source; a failing image is reported and the others still go on."""
+    started = time.monotonic()
+    result = WarmResult()
+    for source in sources:
+        try:
+            result.reports.append(pull(store, source, options))
+        except LayerhoardError as error:
+            result.failures.append((source, str(error)))
+    result.seconds = round(time.monotonic() - started, 3)
+    return result

@@ -1,0 +1,127 @@
+"""pull and warm: bring images into the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cache.errors import LayerhoardError
+from cache.model import Platform
+from cache.progress import NoProgress, Progress, ProgressFactory
+from cache.pull import PullOptions, pull
+from cache.report import PullReport
+from cache.sources.registry import DEFAULT_JOBS
+from cache.units import format_size
+from cache.warm import read_image_list, read_zarf_images, warm
+from cli.output import Context, pass_context
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _progress_factory(ctx: Context) -> ProgressFactory:
+    """tqdm bars on stderr, one per transfer, only on a terminal."""
+    if not ctx.progress_enabled():
+        return lambda label, total: NoProgress()
+    from tqdm import tqdm
+
+    def factory(label: str, total: int | None) -> Progress:
+        return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False)  # type: ignore[no-any-return]
+
+    return factory
+
+
+def _parse_platform(value: str | None) -> Platform | None:
+    if value is None:
+        return None
+    try:
+        return Platform.parse(value)
+    except LayerhoardError as error:
+        raise click.BadParameter(str(error), param_hint="--platform") from None
+
+
+def pull_options(function: F) -> F:
+    """The options pull and warm share."""
+    options = [
+        click.option("--platform", help="OS/ARCH[/VARIANT] of a multi-platform image (default: this host's)."),
+        click.option("--all-platforms", is_flag=True, help="Pull every platform of a multi-platform image."),
+        click.option("--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
+                     help="Blobs downloaded in parallel."),
+        click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS (non-loopback)."),
+        click.option("--offline", is_flag=True, help="Use only what is cached; make no request."),
+        click.option("--docker-host", help="Docker daemon for docker-daemon: (default: DOCKER_HOST or context)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _options(ctx: Context, platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
+             docker_host: str | None, name: str | None = None) -> PullOptions:
+    return PullOptions(_parse_platform(platform), all_platforms, jobs, insecure, offline, docker_host, name,
+                       _progress_factory(ctx))
+
+
+def _summary(report: PullReport) -> str:
+    reused = sum(1 for layer in report.layers if layer.reused)
+    return (f"{report.ref} {report.digest}: {len(report.layers)} layers ({reused} reused), "
+            f"fetched {format_size(report.bytes_fetched)}, reused {format_size(report.bytes_reused)} "
+            f"in {report.seconds:.2f}s")
+
+
+@click.command("pull")
+@click.argument("source")
+@pull_options
+@click.option("--name", help="Name to record an oci: or docker-archive: image under.")
+@pass_context
+def pull_command(ctx: Context, source: str, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
+                 offline: bool, docker_host: str | None, name: str | None) -> None:
+    """Bring SOURCE into the cache (docker://REF by default; docker-daemon:, oci:, docker-archive:)."""
+    options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host, name)
+    report = pull(ctx.store, source, options)
+    ctx.result(report.to_json(), _summary(report))
+
+
+@click.command("warm")
+@click.argument("sources", nargs=-1)
+@click.option("-f", "--file", "list_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A file with one image per line.")
+@click.option("--from-zarf", type=click.Path(dir_okay=False, path_type=Path),
+              help="Warm every image a zarf.yaml lists.")
+@pull_options
+@pass_context
+def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None, from_zarf: Path | None,
+                 platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
+                 docker_host: str | None) -> None:
+    """Pull many images at once; shared layers are fetched once."""
+    wanted = list(sources)
+    if list_file:
+        wanted += read_image_list(list_file)
+    if from_zarf:
+        wanted += read_zarf_images(from_zarf)
+    if not wanted:
+        raise click.UsageError("name images to warm, or give -f FILE or --from-zarf ZARF_YAML")
+    options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host)
+    result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
+    data = {
+        "images": [r.to_json() for r in result.reports],
+        "failed": [{"source": s, "error": e} for s, e in result.failures],
+        "bytes_fetched": result.bytes_fetched,
+        "bytes_reused": result.bytes_reused,
+        "seconds": result.seconds,
+    }
+    lines = [_summary(r) for r in result.reports]
+    lines += [f"failed: {s}: {e}" for s, e in result.failures]
+    lines.append(f"warmed {len(result.reports)} images ({len(result.failures)} failed): "
+                 f"fetched {format_size(result.bytes_fetched)}, reused {format_size(result.bytes_reused)} "
+                 f"in {result.seconds:.2f}s")
+    ctx.result(data, "\n".join(lines))
+    if result.failures:
+        raise SystemExit(1)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(pull_command)
+    group.add_command(warm_command)
