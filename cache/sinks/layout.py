@@ -1,0 +1,118 @@
+"""Export to an OCI image layout (``oci:DIR[:TAG]``) at the cost of a few hard links.
+
+Blobs are hard-linked from the store when DIR is on the same file system, copied otherwise (into a
+temporary name, fsynced, renamed, so a reader never sees half a blob). Store blobs are read-only,
+so a consumer cannot change one through its link by accident. Several images share one layout;
+index.json is replaced atomically under an flock on DIR itself (a lock file would pollute the
+layout), and an export that changes nothing rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.digest import Digest
+from cache.errors import LayerhoardError
+from cache.fsutil import fsync_dir, write_atomic
+from cache.model import OCI_INDEX, Descriptor
+from cache.sinks.atomic import replacing
+from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore, _ref_name
+
+
+@dataclass
+class LayoutResult:
+    linked: int = 0
+    copied: int = 0
+    present: int = 0
+    copied_bytes: int = 0
+    index_changed: bool = False
+
+
+def write_layout(
+    store: BlobStore, blobs: list[Digest], manifest: Descriptor, directory: Path, ref_name: str
+) -> LayoutResult:
+    """Put ``blobs`` (config, layers, manifest) into the layout at ``directory`` and name ``manifest``."""
+    blob_dir = directory / "blobs" / "sha256"
+    try:
+        blob_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LayerhoardError(f"cannot create OCI layout {directory}: {error.strerror}") from error
+    layout_file = directory / "oci-layout"
+    if not layout_file.exists():
+        write_atomic(layout_file, json.dumps(LAYOUT_VERSION).encode())
+    result = LayoutResult()
+    for digest in dict.fromkeys(blobs):  # config and layers may repeat: place each once
+        _place_blob(store, digest, blob_dir / digest.hex, result)
+    fsync_dir(blob_dir)
+    with _directory_lock(directory):
+        result.index_changed = _name_in_index(directory / "index.json", manifest, ref_name)
+    return result
+
+
+def _place_blob(store: BlobStore, digest: Digest, target: Path, result: LayoutResult) -> None:
+    source = store.path(digest)
+    size = store.size(digest)
+    try:
+        if target.stat().st_size == size:
+            result.present += 1
+            return
+        target.unlink()  # a wrong size is an earlier copy's damage: replace it
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(source, target)  # atomic: the name appears with complete content or not at all
+        result.linked += 1
+        return
+    except FileExistsError:
+        result.present += 1  # a concurrent export placed it
+        return
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+    _copy_atomic(source, target)
+    result.copied += 1
+    result.copied_bytes += size
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, replacing(target, 0o444) as dst:
+        shutil.copyfileobj(src, dst, 4 << 20)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _name_in_index(path: Path, manifest: Descriptor, ref_name: str) -> bool:
+    """Point ``ref_name`` at ``manifest`` in index.json; False when it already did."""
+    try:
+        document = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    except ValueError as error:
+        raise LayerhoardError(f"{path} is not valid JSON ({error}); not touching that layout") from None
+    entries = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise LayerhoardError(f"{path} has no manifests list; not touching that layout")
+    entry = manifest.to_json()
+    entry["annotations"] = {**manifest.annotations, REF_NAME: ref_name}
+    others = [e for e in entries if not (isinstance(e, dict) and _ref_name(e) == ref_name)]
+    if len(others) == len(entries) - 1 and entry in entries:
+        return False
+    document["manifests"] = [*others, entry]
+    write_atomic(path, json.dumps(document, indent=2).encode() + b"\n")
+    return True

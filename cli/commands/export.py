@@ -1,0 +1,66 @@
+"""export: write a cached image as an OCI layout, a `docker load` tarball, or into the daemon."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from cache.errors import ImageNotFound
+from cache.images import CachedImage, load_image
+from cache.model import Platform
+from cache.refs import RegistrySource, parse_source
+from cache.sinks import export, parse_destination
+from cache.sinks.transcode import COMPRESSIONS
+from cache.store import BlobStore
+from cli.output import Context, pass_context
+
+
+def resolve_image(store: BlobStore, text: str, platform: Platform | None) -> CachedImage:
+    """The cached image SRC names, pulled through the cache when it is missing (or not a registry ref)."""
+    source = parse_source(text)
+    if isinstance(source, RegistrySource):
+        try:
+            return load_image(store, str(source.ref), platform)
+        except ImageNotFound:
+            pass
+    pull: Any
+    try:
+        from cache.pull import PullOptions, pull
+    except ImportError:  # the pull entry point is not part of this build yet
+        raise ImageNotFound(f"{text} is not in the cache; pull it first") from None
+    report = pull(store, source, PullOptions(platform=platform))
+    return load_image(store, report.ref, platform)
+
+
+@click.command("export")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="keep", show_default=True,
+              help="Layer compression of the output; transcoded layers are kept in the cache for next time.")
+@click.option("--platform", help="OS/ARCH[/VARIANT] to export from a multi-platform image (default: this host).")
+@pass_context
+def export_command(ctx: Context, src: str, dst: str, compression: str, platform: str | None) -> None:
+    """Write SRC (pulled through the cache if missing) to DST.
+
+    DST is oci:DIR[:TAG], docker-archive:FILE[:NAME:TAG], docker-archive:- (stdout), or
+    docker-daemon:NAME:TAG.
+    """
+    destination = parse_destination(dst)  # a bad DST fails before any pull
+    image = resolve_image(ctx.store, src, Platform.parse(platform) if platform else None)
+    report = export(ctx.store, image, dst, compression)
+    data = report.to_json()
+    transcoded = sum(1 for layer in report.layers if layer["transcoded"])
+    text = (f"exported {report.ref} ({report.digest[:19]}) to {dst}: {len(report.layers)} layers, "
+            f"{transcoded} transcoded, {report.linked} linked, {report.copied} copied"
+            + ("" if report.changed else " (already there)"))
+    if destination.path == "-" and destination.kind == "docker-archive":
+        # stdout carries the tarball: the result goes to stderr
+        click.echo(json.dumps(data, indent=2, sort_keys=True) if ctx.json else text, err=True)
+        return
+    ctx.result(data, text)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(export_command)
