@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cache.errors import LayerhoardError
-from cli.commands import export, maintenance, pull
+from cli.commands import export, maintenance, pull, sbom
 from cli.output import Context, resolve_cache_dir
 
 
@@ -58,6 +58,7 @@ def main(ctx: click.Context, cache_dir: str | None, json_output: bool, quiet: bo
 maintenance.register(main)
 export.register(main)
 pull.register(main)
+sbom.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,27 @@
+"""Every cataloger, in the order they are asked about a file (the first that wants it reads it).
+
+SCANNER_VERSION is part of every cached layer record's key: change it whenever a cataloger reads
+different files or writes a different record, and old records are simply not found again.
+"""
+
+from __future__ import annotations
+
+from cache.sbom.catalogers.apk import ApkCataloger
+from cache.sbom.catalogers.base import Cataloger
+from cache.sbom.catalogers.dpkg import CopyrightCataloger, DpkgCataloger
+from cache.sbom.catalogers.npm import NpmCataloger
+from cache.sbom.catalogers.osrelease import OsReleaseCataloger
+from cache.sbom.catalogers.python import PythonCataloger
+
+SCANNER_VERSION = "1"
+
+CATALOGERS: tuple[Cataloger, ...] = (
+    OsReleaseCataloger(),
+    DpkgCataloger(),
+    CopyrightCataloger(),
+    ApkCataloger(),
+    PythonCataloger(),
+    NpmCataloger(),
+)
+
+BY_NAME: dict[str, Cataloger] = {cataloger.name: cataloger for cataloger in CATALOGERS}

@@ -1,0 +1,36 @@
+"""apk: ``lib/apk/db/installed``, one database file (top copy wins), ``K:value`` lines per package."""
+
+from __future__ import annotations
+
+from cache.sbom.catalogers.base import Found, Json, SizeCapped, has_suffix, text_of
+
+INSTALLED = "lib/apk/db/installed"
+_KEYS = {"P": "name", "V": "version", "A": "arch", "L": "license", "o": "origin", "m": "maintainer", "U": "url"}
+
+
+class ApkCataloger(SizeCapped):
+    name = "apk"
+    package_type = "apk"
+    max_bytes = 64 << 20
+
+    def wants(self, path: str, mode: int, size: int) -> bool:
+        return has_suffix(path, INSTALLED)
+
+    def parse(self, path: str, data: bytes) -> Json:
+        packages: list[dict[str, str]] = []
+        current: dict[str, str] = {}
+        for line in text_of(data).splitlines():
+            if not line.strip():
+                if current.get("name"):
+                    packages.append(current)
+                current = {}
+                continue
+            key, sep, value = line.partition(":")
+            if sep and key in _KEYS and _KEYS[key] not in current:
+                current[_KEYS[key]] = value
+        if current.get("name"):
+            packages.append(current)
+        return {"packages": packages}
+
+    def packages(self, path: str, record: Json) -> list[Found]:
+        return [Found(p["name"], p.get("version", ""), p) for p in record.get("packages", [])]

@@ -1,0 +1,103 @@
+"""Scan one stored layer: stream its tar once, read only what a cataloger wants, keep facts by path.
+
+Nothing is written to disk and nothing is held whole: the tar is read as a stream ("r|") from the
+decompressing reader; a wanted file is read up to its cataloger's cap; everything else is skipped
+as the stream moves on. Whiteouts are recorded, never applied inside their own layer.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from cache.errors import LayerhoardError
+from cache.sbom.catalogers import CATALOGERS
+from cache.sbom.catalogers.base import Cataloger
+from cache.sbom.layerstream import LayerStream
+from cache.sbom.model import Evidence, LayerRecord
+from cache.sbom.tarpaths import OPAQUE, WHITEOUT, normalise
+
+TAR_BUFFER = 1 << 20  # tarfile skips unread data in bufsize steps: small steps cost Python calls
+
+
+class InvalidLayerTar(LayerhoardError):
+    """A layer whose uncompressed bytes are not a tar archive."""
+
+
+def scan_layer(
+    raw: BinaryIO, compression: str, diff_id: str, catalogers: Sequence[Cataloger] = CATALOGERS
+) -> LayerRecord:
+    stream = LayerStream(raw, compression)
+    record = LayerRecord(diff_id)
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER)  # type: ignore[call-overload]  # noqa: SIM115
+    except tarfile.ReadError as error:
+        if stream.uncompressed_bytes == 0 or "empty" in str(error):
+            return record  # an empty layer: no entries at all
+        raise InvalidLayerTar(f"layer {diff_id} is not a tar archive: {error}") from None
+    try:
+        with tar:
+            while True:
+                member = tar.next()
+                if member is None:
+                    break
+                tar.members.clear()  # the stream reader would keep every member: memory must not grow
+                record.entries += 1
+                _take(tar, member, record, catalogers)
+    except tarfile.TarError as error:
+        raise InvalidLayerTar(f"layer {diff_id} is not a valid tar archive: {error}") from None
+    record.uncompressed_bytes = stream.uncompressed_bytes
+    return record
+
+
+def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, record: LayerRecord, catalogers: Sequence[Cataloger]) -> None:
+    path = normalise(member.name)
+    if path is None:
+        if member.name.strip("./"):
+            record.skipped[member.name[:200]] = "path climbs out of the layer"
+        return
+    folder, base = posixpath.split(path)
+    if base.startswith(WHITEOUT):
+        if base == OPAQUE:
+            record.opaque.append(folder)
+        elif not base.startswith(WHITEOUT + WHITEOUT):  # .wh..wh.* are aufs internals, not deletions
+            record.whiteouts.append(posixpath.join(folder, base[len(WHITEOUT):]))
+        return
+    # the same path again in one tar: the last entry wins
+    record.evidence.pop(path, None)
+    record.symlinks.pop(path, None)
+    record.skipped.pop(path, None)
+    if member.isdir():
+        record.files.discard(path)
+        record.dirs.add(path)
+        return
+    record.dirs.discard(path)
+    record.files.add(path)
+    if member.issym():
+        record.symlinks[path] = member.linkname
+        return
+    if member.islnk():
+        _take_hardlink(path, member, record, catalogers)
+        return
+    if not member.isreg():
+        return
+    for cataloger in catalogers:
+        if cataloger.wants(path, member.mode, member.size):
+            handle = tar.extractfile(member)
+            if handle is None:
+                return
+            parsed = cataloger.read(path, handle, member.size)
+            if parsed is not None:
+                record.evidence[path] = Evidence(cataloger.name, parsed)
+                return
+
+
+def _take_hardlink(path: str, member: tarfile.TarInfo, record: LayerRecord, catalogers: Sequence[Cataloger]) -> None:
+    """A hard link names an earlier entry of this layer: it shares that entry's evidence."""
+    target = normalise(member.linkname)
+    if target is not None and target in record.evidence:
+        record.evidence[path] = record.evidence[target]
+    elif any(c.wants(path, member.mode, member.size) for c in catalogers):
+        record.skipped[path] = "hard link to a file that was not read"

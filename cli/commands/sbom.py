@@ -1,0 +1,62 @@
+"""sbom: a software bill of materials for an image, from per-layer scans cached in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cache.errors import LayerhoardError
+from cache.fsutil import write_atomic
+from cache.model import Platform
+from cache.pull import PullOptions
+from cache.sbom import FORMATS, image_sbom, render
+from cache.sbom.source import image_for
+from cli.output import Context, pass_context
+
+
+@click.command("sbom")
+@click.argument("source")
+@click.option("--format", "format_name", type=click.Choice(list(FORMATS)), default="spdx-json", show_default=True,
+              help="Document format: SPDX 2.3, CycloneDX 1.6, or layerhoard's own JSON.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
+@click.option("--platform", help="OS/ARCH[/VARIANT] of a multi-platform image (default: this host's).")
+@click.option("--refresh", is_flag=True, help="Pull SOURCE again even if a copy is cached (a moved tag).")
+@click.option("--offline", is_flag=True, help="Use only what is cached; make no request.")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS (non-loopback).")
+@click.option("--docker-host", help="Docker daemon for docker-daemon: (default: DOCKER_HOST or context).")
+@pass_context
+def sbom_command(ctx: Context, source: str, format_name: str, output: str | None, platform: str | None,
+                 refresh: bool, offline: bool, insecure: bool, docker_host: str | None) -> None:
+    """SBOM of SOURCE (any transport); layers already scanned are not read again.
+
+    The scan summary (layers scanned vs served from the per-layer cache) goes to stderr; with
+    --json and -o FILE it is printed on stdout as JSON instead.
+    """
+    try:
+        wanted = Platform.parse(platform) if platform else None
+    except LayerhoardError as error:
+        raise click.BadParameter(str(error), param_hint="--platform") from None
+    options = PullOptions(platform=wanted, insecure=insecure, offline=offline, docker_host=docker_host)
+    image, pulled = image_for(ctx.store, source, options, refresh=refresh)
+    sbom = image_sbom(image)
+    document = render(sbom, format_name)
+    if output:
+        write_atomic(Path(output), document.encode())
+    else:
+        click.echo(document, nl=False)
+    summary = {
+        "ref": sbom.ref, "digest": sbom.digest, "format": format_name, "output": output,
+        "packages": len(sbom.packages), "layers": len(sbom.layers),
+        "layers_scanned": sbom.layers_scanned, "layers_cached": sbom.layers_cached,
+        "pulled": pulled is not None, "seconds": round(sbom.seconds, 3),
+    }
+    if ctx.json and output:
+        ctx.result(summary)
+    else:
+        ctx.log(f"{sbom.ref}: {len(sbom.packages)} packages; {len(sbom.layers)} layers: "
+                f"{sbom.layers_scanned} scanned, {sbom.layers_cached} from the SBOM cache ({sbom.seconds:.2f}s)")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(sbom_command)
