@@ -8,6 +8,7 @@ time, not memory. gzip goes through isal where it is installed (about 3x zlib he
 from __future__ import annotations
 
 import hashlib
+import types
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -17,10 +18,11 @@ import zstandard
 from cache.digest import Digest
 from cache.errors import LayerhoardError
 
+fast_zlib: types.ModuleType
 try:  # isal ships wheels for x86_64 and aarch64 only
     from isal import isal_zlib as fast_zlib
 except ImportError:  # pragma: no cover - exercised only where isal is missing
-    fast_zlib = zlib  # type: ignore[no-redef]
+    fast_zlib = zlib
 
 OUTPUT_CHUNK = 1 << 20
 # The fixed parameters of every zstd layer we make: one uncompressed layer, one digest, always.
@@ -74,7 +76,10 @@ class _ZstdStream:
     def __init__(self, sink: Sink) -> None:
         self._sink = _SinkFile(sink)
         self._writer = zstandard.ZstdDecompressor().stream_writer(
-            self._sink, write_size=OUTPUT_CHUNK, write_return_read=True, closefd=False
+            self._sink,  # type: ignore[arg-type]  # any object with write() will do
+            write_size=OUTPUT_CHUNK,
+            write_return_read=True,
+            closefd=False,
         )
         self._seen = 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from cache.compression import CorruptLayer, DiffIdHasher
 from cache.digest import Digest
@@ -116,26 +117,32 @@ class BlobPuller:
         if hasher:
             for chunk in writer.existing_chunks():
                 hasher.update(chunk)
-        state = {"hasher": hasher}
+        state: dict[str, Any] = {"hasher": hasher, "corrupt": None}
         bar = self.progress(f"{descriptor.digest.short}", descriptor.size)
         bar.update(writer.offset)
 
         def on_chunk(chunk: bytes) -> None:
             writer.write(chunk)
-            if state["hasher"] is not None:
-                state["hasher"].update(chunk)
+            if state["hasher"] is not None and state["corrupt"] is None:
+                try:
+                    state["hasher"].update(chunk)
+                except CorruptLayer as error:
+                    state["corrupt"] = error  # reported after the digest check, which explains more
             bar.update(len(chunk))
 
         def on_restart() -> None:
             writer.restart()
             state["hasher"] = DiffIdHasher(compression) if compression else None
+            state["corrupt"] = None
 
         try:
             self.fetch(descriptor, writer.offset, on_chunk, on_restart)
             writer.verify()
+            if state["corrupt"] is not None:
+                raise state["corrupt"]
         except (DigestMismatch, SizeMismatch, CorruptLayer):
             writer.discard()  # known-bad bytes are never resumed
             raise
         finally:
             bar.close()
-        return state["hasher"]
+        return state["hasher"]  # type: ignore[no-any-return]

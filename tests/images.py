@@ -83,6 +83,7 @@ class Layer:
 
 @dataclass
 class TestImage:
+    __test__ = False  # not a pytest test class
     layout: Path
     tag: str
     manifest_digest: str

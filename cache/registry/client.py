@@ -27,13 +27,14 @@ import requests.adapters
 import requests.auth
 import urllib3
 
-from cache.digest import Digest
-from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, SourceError
+from cache.digest import Digest, sha256_of
+from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SourceError
 from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from cache.registry.credentials import Credentials, lookup
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-CHUNK = 1 << 20
+# Bytes of a read from the socket; what a cut connection loses of the last read, so keep it modest.
+CHUNK = 128 * 1024
 USER_AGENT = "layerhoard/0.1"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _TRANSIENT = (
@@ -245,7 +246,7 @@ class RegistryClient:
                 raise SourceError(f"{self.registry}: GET {path} answered HTTP {response.status_code}")
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
-                raise InvalidManifest(f"manifest {reference} is {declared} bytes, more than {MAX_MANIFEST_BYTES}")
+                raise InvalidManifest(f"manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes ({declared})")
             body = bytearray()
             for chunk in response.iter_content(64 * 1024):
                 body += chunk
@@ -253,6 +254,12 @@ class RegistryClient:
                     raise InvalidManifest(f"manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes")
             with self._lock:
                 self.bytes_received += len(body)
+            claimed = response.headers.get("Docker-Content-Digest")
+            if claimed and claimed != str(sha256_of(bytes(body))):
+                raise DigestMismatch(
+                    f"{self.registry}/{repository}:{reference}: manifest content has digest "
+                    f"{sha256_of(bytes(body))}, the registry says {claimed}"
+                )
             return bytes(body), response.headers.get("Content-Type", "")
 
     # -- blobs ---------------------------------------------------------------------------------
