@@ -112,3 +112,19 @@ def test_multi_arch_index_platform_choice(registry: Registry, tmp_path: Path) ->
     everything = pull(store, ref, PullOptions(all_platforms=True))
     assert everything.digest == index_digest
     assert len(everything.layers) == 2
+
+
+def test_eight_concurrent_pulls_fetch_each_blob_once(registry: Registry, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "layout", [random_layer(1_500_000, 30 + i) for i in range(3)])
+    ref = push(image.layout, image.tag, registry, "pull/concurrent:1")
+    cache = tmp_path / "cache"
+    mark = registry.mark()
+    command = [sys.executable, "-m", "cli.main", "--cache-dir", str(cache), "--json", "pull", ref]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 8, [err for _, err in outputs]
+    assert {json.loads(out)["digest"] for out, _ in outputs} == {image.manifest_digest}
+    fetched = sorted(r.path.rsplit("/", 1)[1] for r in registry.blob_requests(mark))
+    assert fetched == sorted([image.config_digest] + [layer.digest for layer in image.layers])
+    assert sum(json.loads(out)["bytes_fetched"] for out, _ in outputs) < 2 * sum(la.size for la in image.layers)
