@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cache.errors import LayerhoardError
-from cli.commands import export, maintenance, pull, sbom
+from cli.commands import export, maintenance, pull, sbom, serve
 from cli.output import Context, resolve_cache_dir
 
 
@@ -57,6 +57,7 @@ def main(ctx: click.Context, cache_dir: str | None, json_output: bool, quiet: bo
 
 maintenance.register(main)
 export.register(main)
+serve.register(main)
 pull.register(main)
 sbom.register(main)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
 from cache.errors import ImageNotFound
 from cache.images import CachedImage, load_image
 from cache.model import Platform
+from cache.pull import PullOptions, pull
 from cache.refs import RegistrySource, parse_source
 from cache.sinks import export, parse_destination
 from cache.sinks.transcode import COMPRESSIONS
@@ -25,11 +25,6 @@ def resolve_image(store: BlobStore, text: str, platform: Platform | None) -> Cac
             return load_image(store, str(source.ref), platform)
         except ImageNotFound:
             pass
-    pull: Any
-    try:
-        from cache.pull import PullOptions, pull
-    except ImportError:  # the pull entry point is not part of this build yet
-        raise ImageNotFound(f"{text} is not in the cache; pull it first") from None
     report = pull(store, source, PullOptions(platform=platform))
     return load_image(store, report.ref, platform)
 

@@ -1,0 +1,102 @@
+"""``layerhoard serve``: the OCI Distribution API answered from the store.
+
+    server = make_server(store, ServeOptions(listen="127.0.0.1:5050"))
+    server.serve_forever()
+
+Read side always; pushes with ``allow_push``; misses fetched from ``upstreams`` (pull-through).
+Python's ThreadingHTTPServer is enough here: one thread per connection, blob bodies leave through
+sendfile, so Python touches headers and manifests only.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+
+from cache.errors import LayerhoardError
+from cache.refs import DEFAULT_REGISTRY
+from cache.server.handler import RegistryHandler
+from cache.server.names import normalise_registry
+from cache.server.uploads import Uploads
+from cache.server.upstream import Upstreams
+from cache.store import BlobStore
+
+DEFAULT_LISTEN = "127.0.0.1:5050"
+
+
+@dataclass
+class ServeOptions:
+    listen: str = DEFAULT_LISTEN
+    default_registry: str = DEFAULT_REGISTRY
+    upstreams: dict[str, str] = field(default_factory=dict)  # registry -> base URL
+    allow_push: bool = False
+    log: Callable[[str], None] | None = None
+
+
+class RegistryServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # bursts of parallel blob fetches must not be refused
+
+    def __init__(self, address: tuple[str, int], store: BlobStore, options: ServeOptions) -> None:
+        self.store = store
+        self.default_registry = normalise_registry(options.default_registry)
+        self.allow_push = options.allow_push
+        self.uploads = Uploads(store)
+        self.upstreams = Upstreams(store, options.upstreams, self._log_fetch) if options.upstreams else None
+        self._log = options.log
+        self.upstream_fetches: list[str] = []  # what went upstream, for tests and stats
+        super().__init__(address, RegistryHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = host if isinstance(host, str) else host.decode()
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+    @property
+    def host(self) -> str:
+        return self.url[len("http://"):]
+
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+
+    def _log_fetch(self, what: str) -> None:
+        self.upstream_fetches.append(what)
+        self.log(f"upstream fetch: {what}")
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.upstreams is not None:
+            self.upstreams.close()
+
+
+class _RegistryServer6(RegistryServer):
+    address_family = socket.AF_INET6
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT``; port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+        raise LayerhoardError(f"invalid --listen {text!r}: use HOST:PORT, like {DEFAULT_LISTEN}")
+    return host.strip("[]"), int(port)
+
+
+def make_server(store: BlobStore, options: ServeOptions | None = None) -> RegistryServer:
+    """A bound server; call ``serve_forever()`` (and ``shutdown()`` from another thread to stop)."""
+    options = options or ServeOptions()
+    host, port = parse_listen(options.listen)
+    kind = _RegistryServer6 if ":" in host else RegistryServer
+    try:
+        return kind((host, port), store, options)
+    except OSError as error:
+        raise LayerhoardError(f"cannot listen on {options.listen}: {error.strerror or error}") from None
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

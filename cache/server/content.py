@@ -1,0 +1,149 @@
+"""The read side: manifests (with Accept negotiation), tags and catalog, answered from the store.
+
+Manifests go out as their exact stored bytes with their own media type. A client that does not
+accept the stored type of an index gets this host's platform manifest from it instead (what
+distribution does for old clients); any other mismatch is MANIFEST_UNKNOWN, never a rewrite.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cache.digest import Digest, parse_digest
+from cache.errors import BlobNotFound, InvalidDigest, InvalidManifest, InvalidReference
+from cache.model import MAX_MANIFEST_BYTES, Index, Platform, parse_manifest_or_index
+from cache.refs import ImageRef
+from cache.server.errors import RegistryError
+from cache.server.names import Repository
+from cache.store import BlobStore, _ref_name
+
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class ManifestBody:
+    raw: bytes
+    media_type: str
+    digest: Digest
+
+
+def parse_reference(reference: str) -> Digest | str:
+    """A digest, or a tag; anything else is DIGEST_INVALID or TAG_INVALID."""
+    if ":" in reference:
+        return checked_digest(reference)
+    if not _TAG.fullmatch(reference):
+        raise RegistryError("TAG_INVALID", "invalid tag", {"tag": reference[:128]})
+    return reference
+
+
+def checked_digest(text: str) -> Digest:
+    try:
+        return parse_digest(text)
+    except InvalidDigest as error:
+        raise RegistryError("DIGEST_INVALID", str(error)) from None
+
+
+def stored_manifest(store: BlobStore, digest: Digest) -> ManifestBody | None:
+    """The manifest or index stored under ``digest``; None when absent or not a manifest."""
+    try:
+        if store.size(digest) > MAX_MANIFEST_BYTES:
+            return None
+        raw = store.read_bytes(digest)
+        parsed = parse_manifest_or_index(raw, what=f"manifest {digest}")
+    except (BlobNotFound, InvalidManifest):
+        return None
+    return ManifestBody(raw, parsed.media_type, digest)
+
+
+def tagged_digest(store: BlobStore, repo: Repository, tag: str) -> Digest | None:
+    entry = store.image_descriptor(f"{repo.full}:{tag}")
+    if entry is None:
+        return None
+    try:
+        return parse_digest(str(entry.get("digest")))
+    except InvalidDigest:
+        return None
+
+
+def negotiate(store: BlobStore, body: ManifestBody, accept: list[str], pinned: bool) -> ManifestBody:
+    """What to send for ``accept``; a request by digest always gets the digest's bytes."""
+    if pinned or not accept or "*/*" in accept or body.media_type in accept:
+        return body
+    parsed = parse_manifest_or_index(body.raw, what=f"manifest {body.digest}")
+    if isinstance(parsed, Index):
+        try:
+            child = stored_manifest(store, parsed.choose(Platform.host()).digest)
+        except InvalidManifest:
+            child = None
+        if child is not None and child.media_type in accept:
+            return child
+    raise RegistryError("MANIFEST_UNKNOWN", f"stored as {body.media_type}, which the client does not accept",
+                        {"accept": accept})
+
+
+def accepted_types(headers: list[str]) -> list[str]:
+    """Media types from every Accept header (parameters such as q= dropped)."""
+    return [part.split(";")[0].strip() for header in headers for part in header.split(",") if part.strip()]
+
+
+def _stored_refs(store: BlobStore) -> list[ImageRef]:
+    refs = []
+    for entry in store.images():
+        name = _ref_name(entry)
+        if not name:
+            continue
+        try:
+            refs.append(ImageRef.parse(name))
+        except InvalidReference:
+            continue  # a name we did not write: not ours to serve
+    return refs
+
+
+def known_name(store: BlobStore, repo: Repository) -> bool:
+    return any(ref.name == repo.full for ref in _stored_refs(store))
+
+
+def tags(store: BlobStore, repo: Repository) -> list[str]:
+    return sorted({ref.tag for ref in _stored_refs(store) if ref.name == repo.full and ref.tag and not ref.digest})
+
+
+def catalog(store: BlobStore, registry: str) -> list[str]:
+    return sorted({ref.repository for ref in _stored_refs(store) if ref.registry == registry})
+
+
+def page(items: list[str], n: str | None, last: str | None) -> tuple[list[str], bool]:
+    """The ``n`` items after ``last`` (the spec's pagination) and whether more follow."""
+    if last:
+        items = [item for item in items if item > last]
+    if n is None:
+        return items, False
+    if not n.isdigit():
+        raise RegistryError("UNSUPPORTED", "n must be a non-negative integer", status=400)
+    count = int(n)
+    return items[:count], len(items) > count
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single ``bytes=`` range (RFC 9110), None for the whole blob.
+
+    A form we do not handle (several ranges, another unit) is ignored, as the RFC allows; a
+    range that starts beyond the end is RANGE_INVALID (416).
+    """
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:  # suffix: the last N bytes
+        length = int(last_text)
+        if length == 0:
+            raise RegistryError("RANGE_INVALID", "empty suffix range", {"size": size})
+        return max(0, size - length), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if first >= size or last < first:
+        raise RegistryError("RANGE_INVALID", f"range {header.strip()} is not within the blob's {size} bytes",
+                            {"size": size})
+    return first, min(last, size - 1)

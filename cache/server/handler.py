@@ -1,0 +1,354 @@
+"""HTTP for the distribution API: routing, request bodies, and responses (files via sendfile).
+
+Handlers stay small: each route turns a request into store calls (content.py, uploads.py,
+upstream.py) and a response. Every failure is a :class:`RegistryError` answered as the spec's JSON;
+anything unexpected is logged and answered as UNKNOWN (500) without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import parse_qs, urlsplit
+
+from cache.digest import Digest
+from cache.errors import BlobNotFound, DigestMismatch, SizeMismatch
+from cache.model import MAX_MANIFEST_BYTES
+from cache.server import content
+from cache.server.errors import RegistryError
+from cache.server.names import Repository, resolve
+from cache.server.uploads import put_manifest
+
+if TYPE_CHECKING:
+    from cache.server import RegistryServer
+
+READ_CHUNK = 1 << 20
+SENDFILE_MAX = 1 << 30
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+_ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"/v2/?"), "base"),
+    (re.compile(r"/v2/_catalog"), "catalog"),
+    (re.compile(r"/v2/(?P<name>.+)/tags/list"), "tags"),
+    (re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"), "manifest"),
+    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), "upload_start"),
+    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
+    (re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"), "blob"),
+]
+_METHODS = {
+    "base": ("GET", "HEAD"), "catalog": ("GET",), "tags": ("GET",), "manifest": ("GET", "HEAD", "PUT"),
+    "upload_start": ("POST",), "upload": ("GET", "PATCH", "PUT", "DELETE"), "blob": ("GET", "HEAD"),
+}
+_PUSH = {("manifest", "PUT"), ("upload_start", "POST"), ("upload", "GET"), ("upload", "PATCH"),
+         ("upload", "PUT"), ("upload", "DELETE")}
+
+
+class RegistryHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients fetch many blobs over one connection
+    server_version = "layerhoard"
+    server: RegistryServer
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        self._body_read = False
+        self._extra: dict[str, str] = {}
+        url = urlsplit(self.path)
+        self.query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        try:
+            route, params = _match(url.path)
+            if method not in _METHODS[route]:
+                raise RegistryError("UNSUPPORTED", f"{method} is not allowed here",
+                                    {"allowed": list(_METHODS[route])})
+            if (route, method) in _PUSH and not self.server.allow_push:
+                raise RegistryError("UNSUPPORTED", "this server is read-only; start it with --allow-push")
+            ns = self.query.get("ns")
+            if ns:
+                self._extra["OCI-Namespace"] = ns
+            repo = resolve(params["name"], ns, self.server.default_registry) if "name" in params else None
+            handler: Callable[..., None] = getattr(self, f"_{route}_{method.lower()}", None) \
+                or getattr(self, f"_{route}")
+            handler(method, repo, params)
+        except RegistryError as error:
+            self._error(error)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as error:  # a bug or an I/O failure: log it, answer without a traceback
+            self.server.log(f"error: {self.command} {self.path}: {type(error).__name__}: {error}")
+            self._error(RegistryError("UNKNOWN", "internal error"))
+        if not self._body_read and self._has_body():
+            self.close_connection = True  # the unread body would be taken for the next request
+
+    # -- read side -----------------------------------------------------------------------------
+    def _base(self, method: str, repo: None, params: dict[str, str]) -> None:
+        self._send(200, b"{}", {"Content-Type": "application/json"}, method == "HEAD")
+
+    def _catalog(self, method: str, repo: None, params: dict[str, str]) -> None:
+        registry = self._extra.get("OCI-Namespace")
+        names = content.catalog(self.server.store, resolve("x", registry, self.server.default_registry).registry)
+        shown, more = content.page(names, self.query.get("n"), self.query.get("last"))
+        self._json({"repositories": shown}, self._next_link("/v2/_catalog", shown, more))
+
+    def _tags(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        tags = content.tags(self.server.store, repo)
+        if not tags:
+            raise RegistryError("NAME_UNKNOWN", "repository name not known to registry", {"name": params["name"]})
+        shown, more = content.page(tags, self.query.get("n"), self.query.get("last"))
+        self._json({"name": params["name"], "tags": shown},
+                   self._next_link(f"/v2/{params['name']}/tags/list", shown, more))
+
+    def _manifest(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        store, upstreams = self.server.store, self.server.upstreams
+        reference = content.parse_reference(params["reference"])
+        pinned = isinstance(reference, Digest)
+        digest = reference if isinstance(reference, Digest) else self._tag_digest(repo, reference, params["name"])
+        body = content.stored_manifest(store, digest)
+        if body is None and pinned and upstreams is not None and upstreams.covers(repo):
+            upstreams.manifest(repo, digest)
+            body = content.stored_manifest(store, digest)
+        if body is None:
+            raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"digest": str(digest)})
+        body = content.negotiate(store, body, content.accepted_types(self.headers.get_all("Accept") or []), pinned)
+        self._send(200, body.raw, {"Content-Type": body.media_type, "Docker-Content-Digest": str(body.digest),
+                                   "ETag": f'"{body.digest}"'}, method == "HEAD")
+
+    def _tag_digest(self, repo: Repository, tag: str, name: str) -> Digest:
+        """What a tag names: upstream first when one covers the registry, else (or on failure) the cache."""
+        store, upstreams = self.server.store, self.server.upstreams
+        if upstreams is not None and upstreams.covers(repo):
+            try:
+                return upstreams.manifest(repo, tag)
+            except RegistryError as error:
+                self.server.log(f"upstream: {error.message}; answering from the cache")
+        digest = content.tagged_digest(store, repo, tag)
+        if digest is not None:
+            return digest
+        if content.known_name(store, repo):
+            raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"tag": tag})
+        raise RegistryError("NAME_UNKNOWN", "repository name not known to registry", {"name": name})
+
+    def _blob(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        digest = content.checked_digest(params["digest"])
+        try:
+            handle = self.server.store.open(digest)
+        except BlobNotFound:
+            upstreams = self.server.upstreams
+            if upstreams is None or not upstreams.covers(repo):
+                raise RegistryError("BLOB_UNKNOWN", "blob unknown to registry", {"digest": str(digest)}) from None
+            self._blob_miss(method, repo, digest)
+            return
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            first, last = self._blob_headers(digest, size, method)
+            if method == "GET":
+                self._sendfile(handle, first, last - first + 1)
+
+    def _blob_headers(self, digest: Digest, size: int, method: str) -> tuple[int, int]:
+        """Send the status line and headers of a blob response; returns the byte span to send."""
+        span = content.byte_range(self.headers.get("Range"), size)
+        first, last = span or (0, size - 1)
+        headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": str(digest),
+                   "Accept-Ranges": "bytes", "ETag": f'"{digest}"', "Content-Length": str(last - first + 1),
+                   "Cache-Control": "max-age=31536000"}
+        if span:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        self._head(206 if span else 200, headers)
+        return first, last
+
+    def _blob_miss(self, method: str, repo: Repository, digest: Digest) -> None:
+        upstreams = self.server.upstreams
+        assert upstreams is not None
+        if method == "HEAD":
+            self._blob_headers(digest, upstreams.blob_size(repo, digest), method)
+            return
+        flight = upstreams.blob(repo, digest)
+        if flight.path is None or flight.size is None:
+            flight.wait_finished()  # stored by someone else, or no length to announce: serve the result
+            self._blob(method, repo, {"digest": str(digest)})
+            return
+        try:
+            handle: BinaryIO = open(flight.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:  # committed meanwhile: it is in blobs/ now
+            self._blob(method, repo, {"digest": str(digest)})
+            return
+        with handle:
+            first, last = self._blob_headers(digest, flight.size, method)
+            position = first
+            try:
+                while position <= last:
+                    available = min(flight.readable_beyond(position), last + 1)
+                    self._sendfile(handle, position, available - position)
+                    position = available
+            except RegistryError:
+                self.close_connection = True  # headers are out: a cut stream is the only signal left
+
+    # -- push side -----------------------------------------------------------------------------
+    def _upload_start(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        store = self.server.store
+        mount = self.query.get("mount")
+        if mount:
+            digest = content.checked_digest(mount)
+            if store.has(digest):
+                self._created(f"/v2/{params['name']}/blobs/{digest}", digest)
+                return
+        if "digest" in self.query:  # monolithic: the whole blob in this request
+            digest = content.checked_digest(self.query["digest"])
+            try:
+                store.ingest(digest, self._body(), self._length(), source=f"push:{repo.full}")
+            except (DigestMismatch, SizeMismatch) as error:
+                raise RegistryError("DIGEST_INVALID", str(error)) from None
+            self._created(f"/v2/{params['name']}/blobs/{digest}", digest)
+            return
+        self._drain()
+        upload = self.server.uploads.start(repo)
+        self._upload_status(202, params["name"], upload.id, 0)
+
+    def _upload_patch(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        upload = self.server.uploads.get(repo, params["upload"])
+        match = re.fullmatch(r"(\d+)-(\d+)", self.headers.get("Content-Range", "").strip())
+        size = self.server.uploads.append(upload, self._body(), int(match.group(1)) if match else None)
+        self._upload_status(202, params["name"], upload.id, size)
+
+    def _upload_put(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        upload = self.server.uploads.get(repo, params["upload"])
+        digest = content.checked_digest(self.query.get("digest", ""))
+        self.server.uploads.finish(upload, digest, self._body())
+        self._created(f"/v2/{params['name']}/blobs/{digest}", digest)
+
+    def _upload_get(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        upload = self.server.uploads.get(repo, params["upload"])
+        self._upload_status(204, params["name"], upload.id, upload.size)
+
+    def _upload_delete(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        self.server.uploads.cancel(self.server.uploads.get(repo, params["upload"]))
+        self._send(204, b"", {})
+
+    def _manifest_put(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        reference = content.parse_reference(params["reference"])
+        raw = b"".join(self._body(limit=MAX_MANIFEST_BYTES))
+        digest = put_manifest(self.server.store, repo, reference, raw, self.headers.get("Content-Type", ""))
+        self._created(f"/v2/{params['name']}/manifests/{digest}", digest)
+
+    def _upload_status(self, status: int, name: str, upload_id: str, size: int) -> None:
+        self._send(status, b"", {"Location": f"/v2/{name}/blobs/uploads/{upload_id}", "Docker-Upload-UUID": upload_id,
+                                 "Range": f"0-{max(size - 1, 0)}"})
+
+    def _created(self, location: str, digest: Digest) -> None:
+        self._send(201, b"", {"Location": location, "Docker-Content-Digest": str(digest)})
+
+    # -- request bodies ------------------------------------------------------------------------
+    def _has_body(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower() or (self._length() or 0) > 0
+
+    def _length(self) -> int | None:
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return None
+        if not text.strip().isdigit():
+            raise RegistryError("SIZE_INVALID", "invalid Content-Length")
+        return int(text)
+
+    def _body(self, limit: int | None = None) -> Iterator[bytes]:
+        """The request body in pieces (Content-Length or chunked); more than ``limit`` is refused."""
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        pieces = self._chunked() if chunked else self._sized(self._length() or 0)
+        taken = 0
+        for piece in pieces:
+            taken += len(piece)
+            if limit is not None and taken > limit:
+                raise RegistryError("SIZE_INVALID", f"body larger than {limit} bytes", status=413)
+            yield piece
+        self._body_read = True
+
+    def _sized(self, length: int) -> Iterator[bytes]:
+        while length > 0:
+            piece = self.rfile.read(min(length, READ_CHUNK))
+            if not piece:
+                raise RegistryError("BLOB_UPLOAD_INVALID", "the request body ended early")
+            length -= len(piece)
+            yield piece
+
+    def _chunked(self) -> Iterator[bytes]:
+        while True:
+            line = self.rfile.readline(1026)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise RegistryError("BLOB_UPLOAD_INVALID", "malformed chunked body") from None
+            if size == 0:
+                while self.rfile.readline(1026).strip():
+                    pass  # trailers
+                return
+            yield from self._sized(size)
+            self.rfile.readline(3)  # the CRLF after each chunk
+
+    def _drain(self) -> None:
+        for _ in self._body():
+            pass
+
+    # -- responses -----------------------------------------------------------------------------
+    def _head(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in {**API_VERSION, **self._extra, **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str], head_only: bool = False) -> None:
+        self._head(status, {**headers, "Content-Length": str(len(body))})
+        if body and not head_only:
+            self.wfile.write(body)
+
+    def _json(self, document: object, headers: dict[str, str]) -> None:
+        self._send(200, json.dumps(document).encode(), {"Content-Type": "application/json", **headers})
+
+    def _error(self, error: RegistryError) -> None:
+        headers = {"Content-Type": "application/json"}
+        if error.code == "RANGE_INVALID" and isinstance(error.detail, dict) and "size" in error.detail:
+            headers["Content-Range"] = f"bytes */{error.detail['size']}"
+        self._send(error.status, error.body(), headers, self.command == "HEAD")
+
+    def _next_link(self, path: str, shown: list[str], more: bool) -> dict[str, str]:
+        if not more or not shown:
+            return {}
+        return {"Link": f'<{path}?n={len(shown)}&last={shown[-1]}>; rel="next"'}
+
+    def _sendfile(self, handle: BinaryIO, offset: int, count: int) -> None:
+        """Send bytes of a file without passing them through Python (sendfile where available)."""
+        while count > 0:
+            sent = self.connection.sendfile(handle, offset, min(count, SENDFILE_MAX))  # type: ignore[arg-type]
+            if sent == 0:
+                raise BrokenPipeError("file ended early")
+            offset += sent
+            count -= sent
+
+    def log_message(self, format: str, *args: object) -> None:
+        self.server.log(f"{self.address_string()} {format % args}")
+
+
+def _match(path: str) -> tuple[str, dict[str, str]]:
+    for pattern, route in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            return route, match.groupdict()
+    raise RegistryError("NAME_UNKNOWN", "no such endpoint", {"path": path[:200]}, status=404)

@@ -1,0 +1,40 @@
+"""serve: the cache as an OCI registry (read side, optional pushes and pull-through)."""
+
+from __future__ import annotations
+
+import click
+
+from cache.refs import DEFAULT_REGISTRY
+from cache.server import DEFAULT_LISTEN, ServeOptions, make_server, stderr_log
+from cache.server.upstream import parse_upstreams
+from cli.output import Context, pass_context
+
+
+@click.command("serve")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True,
+              help="HOST:PORT to listen on; loopback unless you say otherwise.")
+@click.option("--default-registry", default=DEFAULT_REGISTRY, show_default=True,
+              help="The registry a request's repository belongs to (containerd's ?ns= names another).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
+              help="Fetch misses of registry NAME from URL (pull-through); repeatable.")
+@click.option("--allow-push", is_flag=True, help="Accept pushes (blob uploads, manifests) into the cache.")
+@pass_context
+def serve_command(ctx: Context, listen: str, default_registry: str, upstreams: tuple[str, ...],
+                  allow_push: bool) -> None:
+    """Serve the cache over the OCI Distribution API until interrupted."""
+    options = ServeOptions(listen, default_registry, parse_upstreams(list(upstreams)), allow_push,
+                           log=stderr_log if ctx.verbose else None)
+    server = make_server(ctx.store, options)
+    ctx.log(f"serving {ctx.cache_dir} on {server.url} (default registry {server.default_registry}"
+            f"{', pushes allowed' if allow_push else ''}"
+            f"{', upstreams ' + ', '.join(options.upstreams) if options.upstreams else ''})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve_command)
