@@ -28,8 +28,9 @@ class Digest:
     hex: str
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[0-9a-f]{64}", self.hex):
-            raise InvalidDigest(f"invalid sha256 hex {self.hex[:80]!r}")
+        # isinstance first: re.fullmatch raises TypeError, not InvalidDigest, on a non-str
+        if not isinstance(self.hex, str) or not re.fullmatch(r"[0-9a-f]{64}", self.hex):
+            raise InvalidDigest(f"invalid sha256 hex {str(self.hex)[:80]!r}")
 
     def __str__(self) -> str:
         return f"{ALGORITHM}:{self.hex}"
