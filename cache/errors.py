@@ -37,3 +37,15 @@ class InvalidManifest(LayerhoardError):
 
 class SourceError(LayerhoardError):
     """A source (registry, daemon, layout, archive) that failed or answered badly."""
+
+
+class DaemonUnavailable(SourceError):
+    """No Docker (or podman) daemon answered at the address in use."""
+
+
+class StreamCutOff(SourceError):
+    """A `docker save` stream or archive that ended before its end."""
+
+
+class NotADockerSave(SourceError):
+    """A tar stream that is not what `docker save` writes (neither the legacy nor the OCI layout)."""

@@ -1,0 +1,324 @@
+"""A streaming reader of `docker save` tar streams: the legacy layout and Docker 25+'s OCI layout.
+
+    legacy (dockerd < 25)       <v1id>/VERSION, <v1id>/json, <v1id>/layer.tar, <config hex>.json,
+                                manifest.json, repositories (folders in name order, metadata last)
+    OCI (Docker 25+)            blobs/sha256/<hex>, index.json (may nest an index), manifest.json,
+                                oci-layout; layers uncompressed (graph drivers) or the registry's
+                                gzip blobs (containerd image store)
+
+The stream is read once, front to back (``tarfile`` mode ``r|``): nothing seeks, nothing is
+spooled to a temporary tarball, no layer is held in memory. Metadata files are small and kept;
+each layer is hashed as it passes and, when a :class:`LayerChooser` says it is new, written at
+the same time into a staged blob (our fixed zstd for an uncompressed tar, the bytes as they are
+for a compressed blob). Links (docker save links duplicate layers) are recorded and resolved
+later. What the image is (config, layer order) is decided afterwards by
+:mod:`cache.sources.saveimage`; nothing becomes visible in the store here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, BinaryIO
+
+from cache.compression import CorruptLayer, DiffIdHasher, zstd_compressor
+from cache.digest import CHUNK, Digest
+from cache.errors import DigestMismatch, NotADockerSave, StreamCutOff
+from cache.model import MAX_CONFIG_BYTES, OCI_LAYER_ZSTD
+from cache.progress import Progress
+from cache.sources.staging import StagedBlob, Staging
+from cache.sources.storedlayers import OCI_TYPE_OF, stored_layer
+from cache.sources.v1ids import chain_ids, layer_position
+from cache.store import BlobStore
+
+TAR_BUFFER = 1 << 20  # tarfile's stream buffer: its 10 KiB default costs 6x the throughput
+SNIFF_BYTES = 4096
+JSON_BLOB_LIMIT = 4 << 20  # a blobs/ entry this small starting with "{" is metadata, kept in memory
+_BLOB_PATH = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+_TOP_METADATA = {"manifest.json", "index.json", "oci-layout", "repositories"}
+
+
+@dataclass
+class SavedLayer:
+    """One layer tar (or compressed layer blob) that went by in the stream."""
+
+    path: str
+    compression: str  # "none", "gzip" or "zstd": the bytes as they were in the tar
+    size: int
+    digest: Digest  # sha256 of the bytes in the tar
+    diff_id: Digest | None  # sha256 of the uncompressed tar (None: not computed and not known)
+    staged: StagedBlob | None  # the new blob written for it, or None when hashed only
+
+
+@dataclass
+class SaveContents:
+    """What one pass over a docker save stream found."""
+
+    staging: Staging
+    files: dict[str, bytes] = field(default_factory=dict)
+    layers: dict[str, SavedLayer] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    others: set[str] = field(default_factory=set)
+    bytes_read: int = 0
+
+    def resolve(self, path: str) -> str:
+        """Follow symlinks and hard links (docker save links duplicate layers) to a stored member."""
+        path = normalise(path)
+        for _ in range(40):
+            target = self.links.get(path)
+            if target is None:
+                return path
+            path = target
+        raise NotADockerSave(f"link loop at {path!r}")
+
+    def file(self, path: str) -> bytes | None:
+        return self.files.get(self.resolve(path))
+
+    def layer(self, path: str) -> SavedLayer | None:
+        return self.layers.get(self.resolve(path))
+
+    def has(self, path: str) -> bool:
+        resolved = self.resolve(path)
+        return resolved in self.files or resolved in self.layers or resolved in self.others
+
+    def path_diff_ids(self) -> dict[str, Digest]:
+        """Member path → diff_id for every layer hashed in this pass (exact knowledge for a next pass)."""
+        out = {path: layer.diff_id for path, layer in self.layers.items() if layer.diff_id is not None}
+        for link in self.links:
+            layer = self.layer(link)
+            if layer is not None and layer.diff_id is not None:
+                out[link] = layer.diff_id
+        return out
+
+    def discard(self) -> None:
+        self.staging.discard()
+
+
+def normalise(name: str) -> str:
+    """A member name as a key: no leading ./ or /, no . or .. segments (never used as a file path)."""
+    path = posixpath.normpath("/" + name.replace("\\", "/")).lstrip("/")
+    return path
+
+
+class LayerChooser:
+    """Decides, before a layer's bytes arrive, whether they must be written (new) or only hashed.
+
+    Known ahead: the image's diff_ids (from the daemon's inspect, or an archive's config), their
+    content sizes where the daemon reports them, and exact paths where a previous pass or an
+    archive's manifest.json says which member holds which layer. In the legacy layout a folder's
+    json names its layer (:mod:`cache.sources.v1ids`); failing that the size decides. A wrong
+    "write" wastes work only (the staged copy is dropped at the end); a wrong "hash only" is found
+    when the pass ends, and the caller makes a second, exact pass.
+    """
+
+    def __init__(
+        self,
+        store: BlobStore,
+        diff_ids: Sequence[Digest] = (),
+        sizes: Sequence[int | None] = (),
+        paths: dict[str, Digest] | None = None,
+    ) -> None:
+        self.store = store
+        self.diff_ids = list(diff_ids)
+        self.chains = chain_ids(self.diff_ids)
+        self.sizes = list(sizes) if len(sizes) == len(self.diff_ids) else [None] * len(self.diff_ids)
+        self.paths = dict(paths or {})
+        self.missing = {d for d in self.diff_ids if stored_layer(store, d) is None}
+        self.unseen = set(range(len(self.diff_ids)))
+        self.staged: set[Digest] = set()
+
+    def note_file(self, path: str, data: bytes) -> None:
+        folder, _, leaf = path.rpartition("/")
+        if leaf == "json" and folder and "/" not in folder and self.chains:
+            position = layer_position(folder, data, self.chains)
+            if position is not None:
+                self.paths.setdefault(f"{folder}/layer.tar", self.diff_ids[position])
+
+    def should_store(self, path: str, size: int, compression: str, named: Digest | None) -> bool:
+        if compression != "none":  # a compressed blob is named by its digest in the OCI layout
+            return named is None or not self.store.has(named)
+        diff_id = self.paths.get(path) or named or self._guess_by_size(size)
+        if diff_id is None:
+            return not self.diff_ids or bool(self.missing - self.staged)
+        if diff_id in self.staged:
+            return False
+        if diff_id in self.missing:
+            return True
+        return stored_layer(self.store, diff_id) is None
+
+    def _guess_by_size(self, size: int) -> Digest | None:
+        """The unseen layer whose content size is the largest not above the tar's (headers add bytes)."""
+        if not self.missing or self.missing <= self.staged:
+            return None
+        fits = [i for i in self.unseen if self.sizes[i] is not None and self.sizes[i] <= size]  # type: ignore[operator]
+        if not fits or any(self.sizes[i] is None for i in self.unseen):
+            return None
+        best = max(fits, key=lambda i: self.sizes[i])  # type: ignore[arg-type,return-value]
+        return self.diff_ids[best]
+
+    def seen(self, diff_id: Digest | None, staged: bool) -> None:
+        if diff_id is None:
+            return
+        self.unseen -= {i for i, d in enumerate(self.diff_ids) if d == diff_id}
+        if staged:
+            self.staged.add(diff_id)
+
+
+class _CountingReader:
+    """The raw stream, counted and reported; transport errors become "cut off"."""
+
+    def __init__(self, stream: IO[bytes], what: str, progress: Progress | None) -> None:
+        self._stream = stream
+        self._what = what
+        self._progress = progress
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except (OSError, ValueError) as error:
+            raise StreamCutOff(f"{self._what} was cut off after {self.count} bytes: {error}") from None
+        except Exception as error:  # urllib3/requests errors of a broken HTTP body
+            if type(error).__module__.split(".")[0] in ("urllib3", "requests", "http"):
+                raise StreamCutOff(f"{self._what} was cut off after {self.count} bytes: {error}") from None
+            raise
+        self.count += len(data)
+        if self._progress is not None and data:
+            self._progress.update(len(data))
+        return data
+
+
+def _sniff(head: bytes) -> str | None:
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if len(head) >= 512:
+        if head[:512] == bytes(512):
+            return "none"  # an empty tar: only the end-of-archive blocks
+        try:
+            tarfile.TarInfo.frombuf(head[:512], "utf-8", "surrogateescape")
+            return "none"
+        except tarfile.HeaderError:
+            return None
+    return None
+
+
+def _is_metadata(path: str) -> bool:
+    if "/" not in path:
+        return path in _TOP_METADATA or path.endswith(".json")
+    folder, _, leaf = path.rpartition("/")
+    return "/" not in folder and leaf in ("json", "VERSION")
+
+
+def _chunks(handle: IO[bytes], head: bytes) -> Iterator[bytes]:
+    if head:
+        yield head
+    while chunk := handle.read(CHUNK):
+        yield chunk
+
+
+class SaveReader:
+    """Reads one docker save stream into a :class:`SaveContents` (staged, not yet published)."""
+
+    def __init__(self, store: BlobStore, chooser: LayerChooser, *, what: str, progress: Progress | None = None) -> None:
+        self.store = store
+        self.chooser = chooser
+        self.what = what
+        self.progress = progress
+
+    def read(self, stream: IO[bytes] | BinaryIO) -> SaveContents:
+        contents = SaveContents(Staging(self.store))
+        counting = _CountingReader(stream, self.what, self.progress)
+        try:
+            try:
+                with tarfile.open(fileobj=counting, mode="r|*", bufsize=TAR_BUFFER) as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        self._member(tar, member, contents)
+            except (tarfile.TarError, EOFError, CorruptLayer) as error:
+                if "unexpected end" in str(error) or isinstance(error, EOFError):
+                    raise StreamCutOff(
+                        f"{self.what} ends early after {counting.count} bytes (cut off or truncated)"
+                    ) from None
+                if counting.count == 0:
+                    raise NotADockerSave(f"{self.what} is empty, not a docker save tar") from None
+                raise NotADockerSave(f"{self.what} is not a docker save tar: {error}") from None
+        except BaseException:
+            contents.discard()
+            raise
+        contents.bytes_read = counting.count
+        return contents
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, contents: SaveContents) -> None:
+        path = normalise(member.name)
+        if member.issym():
+            contents.links[path] = normalise(posixpath.join(posixpath.dirname(path), member.linkname))
+            return
+        if member.islnk():
+            contents.links[path] = normalise(member.linkname)
+            return
+        if not member.isfile():
+            return  # folders, devices: nothing an image needs
+        handle = tar.extractfile(member)
+        assert handle is not None  # a regular file always has data
+        if _is_metadata(path):
+            if member.size > MAX_CONFIG_BYTES:
+                raise NotADockerSave(f"{self.what}: {path} is {member.size} bytes, too large for metadata")
+            data = handle.read(member.size)
+            contents.files[path] = data
+            self.chooser.note_file(path, data)
+            return
+        head = handle.read(min(member.size, SNIFF_BYTES))
+        match = _BLOB_PATH.fullmatch(path)
+        named = Digest(match.group(1)) if match else None
+        if named is not None and head[:1] == b"{" and member.size <= JSON_BLOB_LIMIT:
+            contents.files[path] = head + handle.read(member.size - len(head))  # a manifest, index or config
+            return
+        compression = _sniff(head)
+        if compression is None:
+            contents.others.add(path)  # not a layer; an error only if something refers to it
+            return
+        contents.layers[path] = self._layer(path, member.size, compression, named, _chunks(handle, head), contents)
+
+    def _layer(
+        self,
+        path: str,
+        size: int,
+        compression: str,
+        named: Digest | None,
+        chunks: Iterator[bytes],
+        contents: SaveContents,
+    ) -> SavedLayer:
+        store_it = self.chooser.should_store(path, size, compression, named)
+        known_diff_id = None
+        if compression != "none" and named is not None and not store_it:
+            known_diff_id = self.store.index.diff_id_of(named)  # verified when it was stored
+        diff_hasher = DiffIdHasher(compression) if compression != "none" and known_diff_id is None else None
+        writer = None
+        compressor: Any = None
+        if store_it:
+            if compression == "none":
+                writer = contents.staging.writer(OCI_LAYER_ZSTD)
+                compressor = zstd_compressor().compressobj(size=-1)
+            else:
+                writer = contents.staging.writer(OCI_TYPE_OF[compression])
+        sha = hashlib.sha256()
+        for chunk in chunks:
+            sha.update(chunk)
+            if diff_hasher is not None:
+                diff_hasher.update(chunk)
+            if writer is not None:
+                writer.write(compressor.compress(chunk) if compressor is not None else chunk)
+        if writer is not None and compressor is not None:
+            writer.write(compressor.flush())
+        digest = Digest(sha.hexdigest())
+        if named is not None and named != digest:
+            raise DigestMismatch(f"{self.what}: {path} holds bytes with digest {digest}, not the one its name says")
+        diff_id = digest if compression == "none" else (diff_hasher.finish() if diff_hasher else known_diff_id)
+        staged = writer.finish() if writer is not None else None
+        self.chooser.seen(diff_id, staged is not None)
+        return SavedLayer(path, compression, size, digest, diff_id, staged)
