@@ -8,6 +8,8 @@ from pathlib import Path
 
 from cache.images import CachedImage, load_image
 from cache.pull import PullOptions, pull
+from cache.sbom import ImageSbom, image_sbom
+from cache.sbom.model import Package
 from cache.store import BlobStore
 from tests.images import build_image, tar_of
 
@@ -30,14 +32,16 @@ def tree_of(root: Path, prefix: str = "") -> dict[str, bytes]:
     return files
 
 
-def tar_with(files: dict[str, bytes], *, whiteouts: list[str] = (), symlinks: dict[str, str] | None = None,
-             opaque: list[str] = ()) -> bytes:  # type: ignore[assignment]
+def tar_with(files: dict[str, bytes], *, whiteouts: tuple[str, ...] = (), symlinks: dict[str, str] | None = None,
+             opaque: tuple[str, ...] = (), executable: tuple[str, ...] = ()) -> bytes:
     """A layer tar with files plus the special entries tests.images.tar_of does not make."""
     buffer = io.BytesIO(tar_of(files))
     extra = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="r") as source, tarfile.open(fileobj=extra, mode="w",
                                                                          format=tarfile.PAX_FORMAT) as tar:
         for member in source.getmembers():
+            if member.name in executable:
+                member.mode = 0o755
             tar.addfile(member, source.extractfile(member) if member.isreg() else None)
         for path in [*whiteouts, *(f"{folder}/.wh..wh..opq" for folder in opaque)]:
             folder, _, name = path.rpartition("/")
@@ -57,3 +61,12 @@ def image_in_store(store: BlobStore, layout: Path, layers: list[bytes], name: st
     build_image(layout, layers, tag="t", compression=compression)
     report = pull(store, f"oci:{layout}:t", PullOptions(name=name))
     return load_image(store, report.ref)
+
+
+def sbom_of(store: BlobStore, layout: Path, layers: list[bytes], name: str = "test/sbom:1",
+            compression: str = "gzip") -> ImageSbom:
+    return image_sbom(image_in_store(store, layout, layers, name, compression))
+
+
+def by_name(sbom: ImageSbom, kind: str) -> dict[str, Package]:
+    return {p.name: p for p in sbom.packages if p.type == kind}

@@ -9,9 +9,12 @@ from __future__ import annotations
 from cache.sbom.catalogers.apk import ApkCataloger
 from cache.sbom.catalogers.base import Cataloger
 from cache.sbom.catalogers.dpkg import CopyrightCataloger, DpkgCataloger
+from cache.sbom.catalogers.golang import GoBinaryCataloger
+from cache.sbom.catalogers.java import JavaArchiveCataloger
 from cache.sbom.catalogers.npm import NpmCataloger
 from cache.sbom.catalogers.osrelease import OsReleaseCataloger
 from cache.sbom.catalogers.python import PythonCataloger
+from cache.sbom.catalogers.rpm import RpmCataloger
 
 SCANNER_VERSION = "1"
 
@@ -22,6 +25,9 @@ CATALOGERS: tuple[Cataloger, ...] = (
     ApkCataloger(),
     PythonCataloger(),
     NpmCataloger(),
+    RpmCataloger(),
+    JavaArchiveCataloger(),
+    GoBinaryCataloger(),  # last: it looks at every executable, the others match by name
 )
 
 BY_NAME: dict[str, Cataloger] = {cataloger.name: cataloger for cataloger in CATALOGERS}
