@@ -67,7 +67,12 @@ class BlobWriter:
         self.size = size
         self.path = store.ingest_dir / f"sha256-{digest.hex}"
         self._hasher = Hasher()
-        mode = "r+b" if resume and self.path.exists() else "w+b"
+        resuming = resume and self.path.exists()
+        if resuming:
+            os.chmod(self.path, 0o644)  # a writer killed inside _publish leaves it read-only
+        else:
+            self.path.unlink(missing_ok=True)  # "w+b" cannot open a read-only leftover unless root
+        mode = "r+b" if resuming else "w+b"
         self._file: BinaryIO = open(self.path, mode)  # type: ignore[assignment]  # noqa: SIM115
         if mode == "r+b":
             while chunk := self._file.read(4 * CHUNK):

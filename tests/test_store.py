@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
@@ -128,6 +129,28 @@ def test_interrupted_writer_resumes_from_its_offset(store: BlobStore) -> None:
         writer.write(data[120_000:])
         writer.commit()
     assert store.read_bytes(digest) == data and ingest_files(store) == []
+
+
+def _ingest_over_read_only_leftover(root: str) -> None:
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: unlike root, it cannot open a read-only file for writing
+    store = BlobStore(root)
+    digest = sha256_of(b"after the kill")
+    leftover = store.ingest_dir / f"sha256-{digest.hex}"
+    leftover.write_bytes(b"after the k")
+    leftover.chmod(0o444)  # as a writer killed between chmod and link in _publish leaves it
+    store.ingest(digest, iter([b"after the kill"]))
+    assert store.read_bytes(digest) == b"after the kill"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_read_only_ingest_leftover_does_not_block_the_next_ingest() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o777)
+        child = FORK.Process(target=_ingest_over_read_only_leftover, args=(f"{folder}/cache",), daemon=True)
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
 
 
 def test_delete_removes_blob_and_record(store: BlobStore) -> None:
