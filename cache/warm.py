@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cache.errors import LayerhoardError
 from cache.pull import PullOptions, pull
 from cache.report import PullReport
@@ -30,6 +28,8 @@ def read_image_list(path: Path) -> list[str]:
 
 def read_zarf_images(path: Path) -> list[str]:
     """The images listed under ``components[].images`` of a zarf.yaml, in order, without repeats."""
+    import yaml  # only the Zarf form needs it; keeps `pull` start-up short
+
     try:
         document: Any = yaml.safe_load(path.read_text())
     except OSError as error:

@@ -6,6 +6,7 @@ wrong; the traceback appears only with -v.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 from typing import Any
@@ -13,11 +14,36 @@ from typing import Any
 import click
 
 from cache.errors import LayerhoardError
-from cli.commands import export, maintenance, pull, sbom, serve
 from cli.output import Context, resolve_cache_dir
+
+# name -> "module:attribute". A command's module (and its heavy imports: requests, docker-py,
+# the SBOM catalogers) loads only when that command runs, so `layerhoard pull` starts fast.
+COMMANDS = {
+    "pull": "cli.commands.pull:pull_command",
+    "warm": "cli.commands.pull:warm_command",
+    "sbom": "cli.commands.sbom:sbom_command",
+    "export": "cli.commands.export:export_command",
+    "serve": "cli.commands.serve:serve_command",
+    "ls": "cli.commands.maintenance:ls_command",
+    "du": "cli.commands.maintenance:du_command",
+    "verify": "cli.commands.maintenance:verify_command",
+    "gc": "cli.commands.maintenance:gc_command",
+}
 
 
 class LayerhoardGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -55,11 +81,6 @@ def main(ctx: click.Context, cache_dir: str | None, json_output: bool, quiet: bo
     ctx.obj = Context(resolve_cache_dir(cache_dir), json=json_output, quiet=quiet, verbose=verbose)
 
 
-maintenance.register(main)
-export.register(main)
-serve.register(main)
-pull.register(main)
-sbom.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
