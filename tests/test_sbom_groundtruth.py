@@ -38,7 +38,8 @@ def test_dpkg_layer_of_this_machine_matches_dpkg_query(store: BlobStore, tmp_pat
     found = {p.name: (p.version, p.metadata.get("arch")) for p in sbom.packages if p.type == "deb"}
     assert found == _dpkg_installed()
     release = _os_release()
-    assert sbom.distro is not None and (sbom.distro.id, sbom.distro.version_id) == (release["ID"], release["VERSION_ID"])
+    assert sbom.distro is not None
+    assert (sbom.distro.id, sbom.distro.version_id) == (release["ID"], release["VERSION_ID"])
     for package in sbom.packages:
         purl = PackageURL.from_string(package.purl)
         assert (purl.type, purl.namespace, purl.name, purl.version) == ("deb", release["ID"], package.name,

@@ -35,8 +35,9 @@ def test_package_removed_in_a_later_layer_is_gone_and_attribution_follows_versio
                                                    stanza("zlib1g", "1.2.13-1")),
                      "usr/lib/os-release": OS_RELEASE})
     # apt-get remove curl; apt-get install --only-upgrade zlib1g; apt-get install jq: status rewritten whole
+    removed = stanza("old", "1", "deinstall ok config-files")  # dpkg -l "rc": not installed
     upper = tar_with({"var/lib/dpkg/status": status(stanza("bash", "5.2-1"), stanza("zlib1g", "1.3-1"),
-                                                    stanza("jq", "1.6-2"), stanza("old", "1", "deinstall ok config-files"))})
+                                                    stanza("jq", "1.6-2"), removed)})
     untouched = tar_with({"srv/data.txt": b"unrelated"})
     sbom = sbom_of(store, tmp_path / "layout", [base, upper, untouched])
     deb = by_name(sbom, "deb")
