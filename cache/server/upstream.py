@@ -160,13 +160,13 @@ class Upstreams:
         """HEAD upstream; raises BLOB_UNKNOWN or UNAVAILABLE."""
         path = f"/v2/{repo.path}/blobs/{digest}"
         try:
-            response = self._client(repo.registry).request("HEAD", path, f"repository:{repo.path}:pull")
+            reply = self._client(repo.registry).request("HEAD", path, f"repository:{repo.path}:pull")
         except LayerhoardError as error:
             raise RegistryError("UNAVAILABLE", f"upstream {repo.registry}: {error}") from None
-        with response:
-            length = response.headers.get("Content-Length", "")
-            if response.status_code == 200 and length.isdigit():
-                return int(length)
+        reply.release_conn()  # a HEAD has no body to read
+        length = reply.headers.get("Content-Length", "")
+        if reply.status == 200 and length.isdigit():
+            return int(length)
         raise RegistryError("BLOB_UNKNOWN", "blob unknown to registry", {"digest": str(digest)})
 
     def blob(self, repo: Repository, digest: Digest) -> Flight:
