@@ -67,13 +67,18 @@ class BlobPuller:
                 f"for {len(manifest.layers)} layers"
             )
         pairs = list(zip(manifest.layers, config.diff_ids, strict=True))
-        with ThreadPoolExecutor(self.jobs, thread_name_prefix="layer") as pool:
-            futures = [pool.submit(self.layer, layer, diff_id) for layer, diff_id in pairs]
-            try:
-                reports = [future.result() for future in futures]
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        missing = [(layer, diff_id) for layer, diff_id in pairs if not self.store.has(layer.digest)]
+        fetched: dict[Digest, LayerReport] = {}
+        if missing:  # threads only when there is something to transfer: a cached pull stays cheap
+            with ThreadPoolExecutor(min(self.jobs, len(missing)), thread_name_prefix="layer") as pool:
+                futures = [pool.submit(self.layer, layer, diff_id) for layer, diff_id in missing]
+                try:
+                    results = zip(missing, futures, strict=True)
+                    fetched = {layer.digest: future.result() for (layer, _), future in results}
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        reports = [fetched.get(layer.digest) or self.layer(layer, diff_id) for layer, diff_id in pairs]
         self.store.index.touch_blobs([layer.digest for layer in manifest.layers] + [manifest.config.digest])
         return PulledManifest(manifest, config, reports)
 

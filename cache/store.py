@@ -333,7 +333,10 @@ class BlobStore:
         entry = dict(descriptor)
         entry["annotations"] = {**dict(descriptor.get("annotations") or {}), REF_NAME: ref}  # type: ignore[call-overload]
         with file_lock(self.locks_dir / "index.json.lock"):
-            entries = [e for e in self.images() if _ref_name(e) != ref]
+            current = self.images()
+            if entry in current:
+                return  # already named so: a cached pull rewrites (and fsyncs) nothing
+            entries = [e for e in current if _ref_name(e) != ref]
             entries.append(entry)
             entries.sort(key=lambda e: _ref_name(e) or "")
             self._write_index_json(entries)

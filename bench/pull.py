@@ -1,0 +1,142 @@
+"""Registry pulls, side by side with skopeo, in one run against one local docker-registry.
+
+    python -m bench pull [--size 1G] [--layers 4] [--runs 3]
+
+Four jobs over the same image (several gzip layers, half random, half compressible):
+  skopeo copy docker://… oci:NEW          (what a user does today, cold)
+  skopeo copy docker://… oci:EXISTING     (the same again into the layout it wrote)
+  layerhoard pull, empty cache            (cold)
+  layerhoard pull, cached                 (warm; the registry's access log counts blob requests)
+Each is the median of --runs runs. Targets (issue 3): cold at most 1.0x skopeo's wall time; warm at
+most 0.15 s with zero blob bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from isal import igzip
+
+from cache.units import format_size, parse_size
+from tests.images import OCI_CONFIG, OCI_MANIFEST, LayoutWriter
+from tests.services import Registry, skopeo
+
+LAYERHOARD = [sys.executable, "-m", "cli.main"]
+
+
+def layer_tar(size: int, seed: int, compressible: bool) -> bytes:
+    """A tar of one file of ``size`` bytes, built without tarfile's per-byte overhead."""
+    import io
+    import random
+    import tarfile
+
+    rng = random.Random(seed)
+    if compressible:
+        block = b" ".join(bytes(rng.choice(b"abcdefghij") for _ in range(8)) for _ in range(8192))
+        content = (block * (size // len(block) + 1))[:size]
+    else:  # randbytes of more than 256 MB overflows: join smaller pieces
+        content = b"".join(rng.randbytes(min(1 << 26, size - i)) for i in range(0, size, 1 << 26))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(f"bench/layer{seed}.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def build_layout(root: Path, total: int, layers: int) -> str:
+    writer = LayoutWriter(root)
+    descriptors, diff_ids = [], []
+    for i in range(layers):
+        tar = layer_tar(total // layers, 1000 + i, compressible=i % 2 == 1)
+        blob = igzip.compress(tar, 1)
+        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": writer.blob(blob), "size": len(blob)})
+        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": OCI_CONFIG, "digest": writer.blob(config), "size": len(config)},
+                           "layers": descriptors}).encode()
+    writer.tag("bench", OCI_MANIFEST, writer.blob(manifest), len(manifest))
+    return format_size(sum(d["size"] for d in descriptors))  # type: ignore[misc]
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {result.stderr.strip()}")
+    return elapsed
+
+
+def run(args: argparse.Namespace) -> str:
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "registry").mkdir(parents=True)
+    registry = Registry(work / "registry")
+    try:
+        compressed = build_layout(work / "layout", parse_size(args.size), args.layers)
+        ref = f"{registry.host}/bench/pull:1"
+        skopeo("copy", "--quiet", "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench", f"docker://{ref}")
+        skopeo_copy = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}"]
+        times: dict[str, list[float]] = {"skopeo_cold": [], "skopeo_existing": [], "cold": [], "warm": []}
+        warm_blob_requests = []
+        for _ in range(args.runs):
+            shutil.rmtree(work / "skopeo-out", ignore_errors=True)
+            times["skopeo_cold"].append(timed([*skopeo_copy, f"oci:{work / 'skopeo-out'}:bench"]))
+            times["skopeo_existing"].append(timed([*skopeo_copy, f"oci:{work / 'skopeo-out'}:bench"]))
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            times["cold"].append(timed([*LAYERHOARD, "--cache-dir", str(work / "cache"), "-q", "pull", ref]))
+            mark = registry.mark()
+            times["warm"].append(timed([*LAYERHOARD, "--cache-dir", str(work / "cache"), "-q", "pull", ref]))
+            warm_blob_requests.append(len(registry.blob_requests(mark)))
+    finally:
+        registry.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    rows = [
+        ("skopeo copy → new oci: layout", median["skopeo_cold"], "1.00"),
+        ("skopeo copy → existing oci: layout", median["skopeo_existing"], "1.00"),
+        ("layerhoard pull, empty cache", median["cold"], f"{median['cold'] / median['skopeo_cold']:.2f}"),
+        ("layerhoard pull, cached", median["warm"], f"{median['warm'] / median['skopeo_existing']:.2f}"),
+    ]
+    lines = [
+        f"Image: {args.layers} gzip layers, {args.size} uncompressed, {compressed} compressed; "
+        f"median of {args.runs} runs; {os.cpu_count()} cores.",
+        "",
+        "| job | wall time (s) | ratio to skopeo (same job) |",
+        "|---|---|---|",
+        *[f"| {name} | {seconds:.3f} | {ratio} |" for name, seconds, ratio in rows],
+        "",
+        f"Blob requests during the cached pulls: {warm_blob_requests} (target 0).",
+        f"Cold ratio {median['cold'] / median['skopeo_cold']:.2f} (target ≤ 1.0); "
+        f"cached pull {median['warm']:.3f} s (target ≤ 0.15 s).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench pull", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1G", help="uncompressed image size (default 1G)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", default="/tmp/layerhoard-bench-pull")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    print(run(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
