@@ -177,14 +177,17 @@ class _CountingReader:
         self._progress = progress
         self.count = 0
 
+    def _cut(self, error: BaseException) -> StreamCutOff:
+        return StreamCutOff(f"{self._what} was cut off after {self.count} bytes ({error}); nothing was stored")
+
     def read(self, size: int = -1) -> bytes:
         try:
             data = self._stream.read(size)
         except (OSError, ValueError) as error:
-            raise StreamCutOff(f"{self._what} was cut off after {self.count} bytes: {error}") from None
+            raise self._cut(error) from None
         except Exception as error:  # urllib3/requests errors of a broken HTTP body
             if type(error).__module__.split(".")[0] in ("urllib3", "requests", "http"):
-                raise StreamCutOff(f"{self._what} was cut off after {self.count} bytes: {error}") from None
+                raise self._cut(error) from None
             raise
         self.count += len(data)
         if self._progress is not None and data:
@@ -242,7 +245,8 @@ class SaveReader:
             except (tarfile.TarError, EOFError, CorruptLayer) as error:
                 if "unexpected end" in str(error) or isinstance(error, EOFError):
                     raise StreamCutOff(
-                        f"{self.what} ends early after {counting.count} bytes (cut off or truncated)"
+                        f"{self.what} ends early after {counting.count} bytes (cut off or truncated); "
+                        "nothing was stored"
                     ) from None
                 if counting.count == 0:
                     raise NotADockerSave(f"{self.what} is empty, not a docker save tar") from None
