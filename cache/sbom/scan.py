@@ -19,7 +19,9 @@ from cache.sbom.layerstream import LayerStream
 from cache.sbom.model import Evidence, LayerRecord
 from cache.sbom.tarpaths import OPAQUE, WHITEOUT, normalise
 
-TAR_BUFFER = 1 << 20  # tarfile skips unread data in bufsize steps: small steps cost Python calls
+# tarfile's stream reader skips unread data in bufsize steps (small steps cost Python calls) but
+# also copies its whole buffer on every header read (large buffers cost memcpy per member)
+TAR_BUFFER = 64 << 10
 
 
 class InvalidLayerTar(LayerhoardError):

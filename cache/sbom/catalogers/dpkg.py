@@ -51,7 +51,7 @@ class DpkgCataloger(SizeCapped):
         return [Found(p["name"], p["version"], p) for p in record.get("packages", [])]
 
 
-_LICENSE_LINE = re.compile(r"^License:\s*(\S.*?)\s*$", re.MULTILINE)
+_LICENSE_LINE = re.compile(r"License:[ \t]*(\S[^\n]*)")  # a literal start: found fast, line start checked after
 _COMMON_LICENSES = re.compile(r"/usr/share/common-licenses/([A-Za-z0-9][A-Za-z0-9.+_-]*[A-Za-z0-9+])")
 _SPLIT = re.compile(r"\s+(?:or|and)\s+|,\s*", re.IGNORECASE)
 
@@ -60,7 +60,9 @@ def licences_of_copyright(text: str) -> list[str]:
     """DEP-5 ``License:`` values (split on or/and), then common-licenses references, as syft reads them."""
     found: list[str] = []
     for match in _LICENSE_LINE.finditer(text):
-        for part in _SPLIT.split(match.group(1)):
+        if match.start() and text[match.start() - 1] != "\n":
+            continue
+        for part in _SPLIT.split(match.group(1).strip()):
             part = part.strip(" ,;()")
             if part and part not in found and len(part) < 80:
                 found.append(part)
