@@ -48,15 +48,11 @@ def pull(store: BlobStore, source: Source | str, options: PullOptions | None = N
         return pull_from_layout(store, source, platform=options.platform, name=options.name,
                                 jobs=options.jobs, progress=options.progress)
     if isinstance(source, DaemonSource):
-        try:
-            from cache.sources.daemon import pull_from_daemon
-        except ImportError:
-            raise SourceError("the docker-daemon: source is not available in this build") from None
+        from cache.sources.daemon import pull_from_daemon  # docker-py is slow to import: only when used
+
         return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress)
     if isinstance(source, ArchiveSource):
-        try:
-            from cache.sources.archive import pull_from_archive
-        except ImportError:
-            raise SourceError("the docker-archive: source is not available in this build") from None
-        return pull_from_archive(store, source)
+        from cache.sources.archive import pull_from_archive
+
+        return pull_from_archive(store, source, name=options.name, progress=options.progress)
     raise SourceError(f"unsupported source {source!r}")
