@@ -1,0 +1,177 @@
+"""Daemon images, side by side with `docker save` and skopeo, in one run against one private dockerd.
+
+    python -m bench daemon [--size 1G] [--size 2G] [--runs 1] [--workdir DIR] [--keep]
+
+For each size, a single-layer image of random bytes is imported into a private dockerd, then:
+  docker save -o FILE                                  (the daemon's own export, the yardstick)
+  skopeo copy docker-daemon:NAME oci:DIR               (what a user does today)
+  layerhoard pull docker-daemon:NAME, empty cache      (cold: one save stream, zstd into the store)
+  layerhoard pull docker-daemon:NAME, cached           (warm: inspect only, no save call)
+Wall times are the median of --runs; peak RSS is the child's own (wait4). The daemon's debug log
+proves how many `GET /images/…/get` each layerhoard run made. Targets (issue 4): cold at most 1.1x
+docker save; peak RSS at most 100 MB and flat from 1 GB to 2 GB; cached under 0.5 s, no save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import machine, markdown_table
+from cache.units import format_size, parse_size
+from tests.services import Daemon
+
+LAYERHOARD = [sys.executable, "-m", "cli.main"]
+
+
+@dataclass
+class Measured:
+    wall: float
+    peak_rss: int
+
+
+def _hwm(pid: int) -> int:
+    """The process's own peak RSS so far (VmHWM), in bytes; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def measure(argv: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+    """Run ``argv`` to completion; its wall time and its own peak RSS.
+
+    VmHWM is polled rather than taken from wait4: a forked child's ru_maxrss starts at the
+    parent's size (Linux keeps it across exec), which would report this script's memory.
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, **(env or {})})
+    peak = 0
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()))  # type: ignore[union-attr]
+    reader.start()
+    while process.poll() is None:
+        peak = max(peak, _hwm(process.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    reader.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}: {b''.join(errors).decode()[-500:]}")
+    return Measured(wall, peak)
+
+
+def random_tar(path: Path, size: int) -> None:
+    """A tar holding one file of ``size`` random bytes, written in 16 MiB pieces (never all in memory)."""
+    payload = path.with_suffix(".bin")
+    with open(payload, "wb") as handle:
+        left = size
+        while left:
+            piece = min(left, 16 << 20)
+            handle.write(os.urandom(piece))
+            left -= piece
+    with tarfile.open(path, "w") as tar:
+        tar.add(payload, arcname="data/random.bin")
+    payload.unlink()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def bench_size(daemon: Daemon, work: Path, size: int, runs: int) -> dict[str, object]:
+    name = f"lh-bench/one-layer:{size >> 20}m"
+    source = work / "layer.tar"
+    random_tar(source, size)
+    daemon.docker("import", str(source), name, check=True)
+    source.unlink()
+    env = {"DOCKER_HOST": daemon.host}
+    saved = work / "saved.tar"
+    measure(["docker", "save", "-o", str(saved), name], env)  # warm the page cache for every contender
+    saved.unlink()
+
+    save, copy, cold, cached = [], [], [], []
+    cold_saves: list[int] = []
+    cached_saves: list[int] = []
+    for _ in range(runs):
+        save.append(measure(["docker", "save", "-o", str(saved), name], env))
+        saved.unlink()
+        layout = work / "skopeo-oci"
+        copy.append(measure(["skopeo", "copy", "--quiet", "--src-daemon-host", daemon.host,
+                             f"docker-daemon:{name}", f"oci:{layout}:bench"]))
+        shutil.rmtree(layout)
+        cache = work / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        pull = [*LAYERHOARD, "--cache-dir", str(cache), "--json", "-q", "pull", f"docker-daemon:{name}",
+                "--docker-host", daemon.host]
+        mark = daemon.mark()
+        cold.append(measure(pull))
+        cold_saves.append(len(daemon.save_calls(mark)))
+        mark = daemon.mark()
+        cached.append(measure(pull))
+        cached_saves.append(len(daemon.save_calls(mark)))
+        shutil.rmtree(cache)
+    daemon.docker("rmi", name, check=True)
+    return {
+        "size": size,
+        "save": Measured(median([m.wall for m in save]), max(m.peak_rss for m in save)),
+        "skopeo": Measured(median([m.wall for m in copy]), max(m.peak_rss for m in copy)),
+        "cold": Measured(median([m.wall for m in cold]), max(m.peak_rss for m in cold)),
+        "cached": Measured(median([m.wall for m in cached]), max(m.peak_rss for m in cached)),
+        "cold_saves": max(cold_saves),
+        "cached_saves": max(cached_saves),
+    }
+
+
+def report(results: list[dict[str, object]], runs: int) -> str:
+    rows = []
+    for result in results:
+        size = int(result["size"])  # type: ignore[call-overload]
+        save: Measured = result["save"]  # type: ignore[assignment]
+        for label, key in (("docker save -o FILE", "save"), ("skopeo docker-daemon: → oci:", "skopeo"),
+                           ("layerhoard pull, cold", "cold"), ("layerhoard pull, cached", "cached")):
+            measured: Measured = result[key]  # type: ignore[assignment]
+            saves = {"cold": result["cold_saves"], "cached": result["cached_saves"]}.get(key, "")
+            rows.append([format_size(size), label, f"{measured.wall:.2f} s", f"{measured.wall / save.wall:.2f}x",
+                         f"{measured.peak_rss / 1e6:.0f} MB", saves])
+    info = machine(Path("/tmp"))
+    header = (f"{info['cpu']}, {info['nproc']} cores, kernel {info['kernel']}, Python {info['python']}, "
+              f"{info['filesystem']}; median of {runs} run(s); single layer of random bytes\n\n")
+    return header + markdown_table(
+        ["image", "job", "wall", "vs docker save", "peak RSS", "save calls"], rows
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench daemon", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", action="append", help="image size; repeat for several (default 1G)")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--workdir", default="/tmp/layerhoard-bench-daemon")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in (args.size or ["1G"])]
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "dockerd").mkdir(parents=True)
+    daemon = Daemon(work / "dockerd")
+    try:
+        results = [bench_size(daemon, work, size, args.runs) for size in sizes]
+    finally:
+        daemon.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(report(results, args.runs))
+    return 0
