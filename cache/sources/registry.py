@@ -104,13 +104,18 @@ def _pull_online(
 
     puller = BlobPuller(store, fetch, source, jobs=options.jobs, progress=options.progress)
     layers: list[LayerReport] = []
+    config_platform = None
     for descriptor in _chosen_manifests(top, options):
         manifest = top if isinstance(top, Manifest) else _child_manifest(store, client, ref, descriptor)
-        layers.extend(puller.pull_manifest(manifest).layers)
+        pulled = puller.pull_manifest(manifest)
+        layers.extend(pulled.layers)
+        config_platform = pulled.config.platform
         if manifest is not top:  # stored once its blobs are, so a stored manifest is always complete
             store.put_bytes(manifest.raw, manifest.media_type, source)
     store.put_bytes(top.raw, top.media_type, source)
     recorded, recorded_platform = _what_to_record(store, top, options)
+    if isinstance(top, Manifest):
+        recorded_platform = config_platform  # a plain manifest's platform is in its config
     record_image(store, name, recorded, platform=recorded_platform, source=source)
     report = PullReport(name, str(recorded.digest), str(recorded_platform) if recorded_platform else None, source)
     report.layers = layers
