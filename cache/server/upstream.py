@@ -1,9 +1,9 @@
 """Pull-through (``serve --upstream NAME=URL``): misses are fetched from upstream into the store.
 
 One upstream fetch per blob however many clients ask: the first miss starts a :class:`Flight`
-that streams the blob into the store's ingest file (under the digest's cross-process lock, so a
-concurrent ``layerhoard pull`` does not fetch it again either); every client, the first included,
-tails that file from its own offset, so Range works on a miss too. The fetch runs in its own
+that streams the blob into the store (under the digest's cross-process lock, so a concurrent
+``layerhoard pull`` does not fetch it again either) and into a spool file beside it; every client,
+the first included, tails the spool from its own offset, so Range works on a miss too. The fetch runs in its own
 thread and finishes even when the client that started it goes away. The last byte is held back
 until the digest is checked: a client never receives a whole blob that failed verification.
 
@@ -14,6 +14,7 @@ the upstream fails. A tag is recorded in index.json once every blob of its image
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,18 +188,26 @@ class Upstreams:
                     flight._set(state="stored")
                     return
                 self._on_fetch(f"blob {flight.digest}")
-                with self._client(repo.registry).open_blob(repo.path, flight.digest) as response:
-                    length = response.headers.get("Content-Length", "")
-                    flight._set(path=writer.path, size=int(length) if length.isdigit() else None, state="fetching")
-                    for chunk in response.iter_content(CHUNK):
-                        writer.write(chunk)
-                        writer._file.flush()  # readers tail the file through their own descriptors
-                        flight._set(written=flight.written + len(chunk))
-                writer.commit(source=f"docker://{repo.full}")
+                # Clients tail a spool file written without buffering: the store's writer writes
+                # behind on its own thread, so its file is no guide to which bytes are readable.
+                spool = self.store.ingest_dir / f"spool-{uuid.uuid4().hex}"
+                try:
+                    with open(spool, "wb", buffering=0) as out, \
+                            self._client(repo.registry).open_blob(repo.path, flight.digest) as response:
+                        length = response.headers.get("Content-Length", "")
+                        flight._set(path=spool, size=int(length) if length.isdigit() else None, state="fetching")
+                        for chunk in response.iter_content(CHUNK):
+                            writer.write(chunk)
+                            out.write(chunk)
+                            flight._set(written=flight.written + len(chunk))
+                    writer.commit(source=f"docker://{repo.full}")
+                finally:
+                    spool.unlink(missing_ok=True)  # readers keep their open descriptors
             flight._set(state="done")
         except BlobNotFound as error:
             flight._set(state="failed", error=RegistryError("BLOB_UNKNOWN", str(error), {"digest": str(flight.digest)}))
         except Exception as error:  # anything else: the clients see UNAVAILABLE or a cut stream
+            self._on_fetch(f"failed: blob {flight.digest}: {type(error).__name__}: {error}")
             flight._set(state="failed", error=RegistryError("UNAVAILABLE", f"upstream {repo.registry}: {error}"))
         finally:
             with self._lock:
