@@ -64,9 +64,16 @@ class Hasher:
         self.size = 0
 
     def update(self, chunk: bytes | memoryview) -> None:
+        self.update_sha256(chunk)
+        self.update_blake3(chunk)
+
+    def update_sha256(self, chunk: bytes | memoryview) -> None:
+        """The sha256 half of :meth:`update`, with the byte count: a writer may run the halves on two threads."""
         self._sha256.update(chunk)
-        self._blake3.update(chunk)
         self.size += len(chunk)
+
+    def update_blake3(self, chunk: bytes | memoryview) -> None:
+        self._blake3.update(chunk)
 
     @property
     def digest(self) -> Digest:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -54,6 +56,72 @@ class CorruptBlob:
     moved_to: Path
 
 
+def _frozen(chunk: bytes | memoryview) -> bytes | memoryview:
+    """``chunk``, or a copy when its caller could change it after write() returned."""
+    if isinstance(chunk, bytes) or (isinstance(chunk, memoryview) and isinstance(chunk.obj, bytes)):
+        return chunk
+    return bytes(chunk)
+
+
+class _WriteBehind:
+    """The blake3 half of the hashing and the file writes, on a second thread.
+
+    The caller's thread hashes sha256 meanwhile. hashlib, blake3 and write() all release the GIL on
+    large buffers, so an ingest costs about the slower of sha256 and the disk instead of the sum of
+    sha256, blake3 and the write (bench/ingest.py measures it). The thread starts with the first
+    chunk: a writer that writes nothing starts none.
+    """
+
+    DEPTH = 8  # chunks in flight: bounds the memory one writer holds
+    WRITEBACK = 32 << 20  # start the kernel's writeback every 32 MiB, so that fsync finds little left
+
+    def __init__(self, file: BinaryIO, hasher: Hasher) -> None:
+        self._file, self._hasher = file, hasher
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(self.DEPTH)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._written = self._started = file.tell()
+
+    def put(self, chunk: bytes | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="blob-write-behind", daemon=True)
+            self._thread.start()
+        self._queue.put(_frozen(chunk))
+
+    def finish(self, *, raise_error: bool = True) -> None:
+        """Wait until every chunk is hashed and written; raise what the thread met."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None and raise_error:
+            raise self._error
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so the caller never blocks on a full queue
+            try:
+                self._hasher.update_blake3(chunk)
+                self._file.write(chunk)
+                self._written += len(chunk)
+                if self._written - self._started >= self.WRITEBACK:
+                    self._start_writeback()
+            except BaseException as error:
+                self._error = error
+
+    def _start_writeback(self) -> None:
+        # FADV_DONTNEED starts writing dirty pages back now instead of at fsync (or at the
+        # dirty_background threshold, often GBs away), so the disk works while we hash.
+        self._file.flush()
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._file.fileno(), self._started, self._written - self._started,
+                             os.POSIX_FADV_DONTNEED)
+        self._started = self._written
+
+
 class BlobWriter:
     """Bytes on their way into the store under one digest. Made by :meth:`BlobStore.writer`.
 
@@ -81,6 +149,7 @@ class BlobWriter:
                 self._file.seek(0)
                 self._file.truncate()
                 self._hasher = Hasher()
+        self._behind = _WriteBehind(self._file, self._hasher)
         self.committed = False
 
     @property
@@ -89,18 +158,21 @@ class BlobWriter:
 
     def restart(self) -> None:
         """Drop what was written so far (the source could not resume)."""
+        self._behind.finish()
         self._file.seek(0)
         self._file.truncate()
         self._hasher = Hasher()
+        self._behind = _WriteBehind(self._file, self._hasher)
 
     def write(self, chunk: bytes | memoryview) -> None:
         if self.size is not None and self._hasher.size + len(chunk) > self.size:
             raise SizeMismatch(f"blob {self.digest}: more than the expected {self.size} bytes")
-        self._hasher.update(chunk)
-        self._file.write(chunk)
+        self._hasher.update_sha256(chunk)
+        self._behind.put(chunk)
 
     def existing_chunks(self) -> Iterator[bytes]:
         """The bytes an earlier attempt left (the first ``offset`` bytes), for callers that hash too."""
+        self._behind.finish()  # every byte counted in offset is in the file
         with open(self.path, "rb") as handle:
             remaining = self.offset
             while remaining > 0 and (chunk := handle.read(min(4 * CHUNK, remaining))):
@@ -110,6 +182,7 @@ class BlobWriter:
     def verify(self) -> None:
         """Flush to disk and check size and sha256; on a mismatch the partial data is deleted."""
         if not self._file.closed:
+            self._behind.finish()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -134,6 +207,7 @@ class BlobWriter:
     def close(self) -> None:
         """Release the file; the partial data stays in ingest/ for a resume (gc removes it later)."""
         if not self._file.closed:
+            self._behind.finish(raise_error=False)
             self._file.close()
 
 

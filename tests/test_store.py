@@ -18,12 +18,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from cache.digest import Digest, hash_file, parse_digest, sha256_of
@@ -151,6 +153,29 @@ def test_read_only_ingest_leftover_does_not_block_the_next_ingest() -> None:
         child.start()
         child.join(30)
         assert child.exitcode == 0
+
+
+def test_write_behind_keeps_reused_buffers_and_large_blobs_whole(store: BlobStore) -> None:
+    """Writes finish on a second thread after write() returns: a caller may reuse its buffer at once."""
+    threads = threading.active_count()
+    buffer = bytearray(os.urandom(1 << 20))
+    chunks = []
+    for n in range(40):  # 40 MiB: past the 32 MiB point where writeback is started early
+        buffer[:8] = n.to_bytes(8, "big")
+        chunks.append(bytes(buffer))
+    expected = b"".join(chunks)
+    digest = sha256_of(expected)
+    with store.writer(digest, len(expected)) as writer:
+        assert writer is not None
+        for n in range(40):
+            buffer[:8] = n.to_bytes(8, "big")
+            writer.write(buffer)
+            writer.write(memoryview(buffer)[:0])
+        writer.commit()
+    assert store.read_bytes(digest) == expected
+    assert store.index.blob(digest)["blake3"] == blake3.blake3(expected).hexdigest()  # type: ignore[index]
+    assert threading.active_count() == threads  # the write thread is gone
+    assert store.ingest(digest, iter([b"unread"])) is False and threading.active_count() == threads
 
 
 def test_delete_removes_blob_and_record(store: BlobStore) -> None:
