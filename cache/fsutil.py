@@ -46,7 +46,8 @@ def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     start over if not, so two holders can never exist.
     """
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        # Read-only: flock needs no write access, so another user's lock file in a shared cache works.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o664)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))

@@ -25,6 +25,10 @@ from cache.model import (
 from cache.store import BlobStore
 
 
+class BlobsEvicted(BlobNotFound):
+    """An image could not be recorded: blobs it needs are gone (prune or gc removed them meanwhile)."""
+
+
 @dataclass(frozen=True)
 class CachedImage:
     """One platform's image as stored: its manifest, config, and layers readable as streams."""
@@ -91,12 +95,23 @@ def record_image(
     platform: Platform | None,
     source: str,
 ) -> None:
-    """Name a fully stored manifest or index ``ref`` in index.json and in the metadata index."""
-    missing = missing_blobs(store, top.digest)
-    if missing:
-        raise BlobNotFound(f"cannot record {ref}: {len(missing)} blob(s) missing, first {missing[0]}")
+    """Name a fully stored manifest or index ``ref`` in index.json and in the metadata index.
+
+    The completeness check runs under index.json's lock, which prune and gc hold while they delete:
+    a blob this pull found stored but that was evicted since gives :class:`BlobsEvicted`, never
+    an incomplete image in index.json.
+    """
+
+    def check_complete() -> None:
+        missing = missing_blobs(store, top.digest)
+        if missing:
+            raise BlobsEvicted(
+                f"cannot record {ref}: {len(missing)} blob(s) missing, first {missing[0]} "
+                "(evicted while in use; pull again)"
+            )
+
     descriptor = Descriptor(top.media_type, top.digest, len(top.raw), platform)
-    store.set_image(ref, descriptor.to_json())
+    store.set_image(ref, descriptor.to_json(), check=check_complete)
     store.index.record_image(
         ref,
         {

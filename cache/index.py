@@ -60,6 +60,8 @@ class MetadataIndex:
                 cull_limit=0,
                 timeout=60,
                 statistics=False,
+                # Every value lives in SQLite, none in side files: one file set to share and rebuild.
+                disk_min_file_size=2**40,
             )
 
     def close(self) -> None:
@@ -174,6 +176,12 @@ class MetadataIndex:
     # -- counters ------------------------------------------------------------------------------
     def count(self, name: str, amount: int = 1) -> None:
         self._cache.incr(f"stat/{name}", amount, default=0, retry=True)
+
+    def count_many(self, amounts: dict[str, int]) -> None:
+        """Add to several counters in one transaction (one pull's figures)."""
+        with self._cache.transact(retry=True):
+            for name, amount in amounts.items():
+                self._cache.incr(f"stat/{name}", amount, default=0)
 
     def counters(self) -> dict[str, int]:
         out: dict[str, int] = {}

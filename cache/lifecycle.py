@@ -2,7 +2,9 @@
 
 gc is mark-and-sweep from the roots (every image in index.json and every pin): blobs no root
 reaches, ingest files and lock files older than the grace period are removed. The grace period
-protects a pull that has stored its blobs but not yet recorded its image.
+protects a pull that has stored (or reused) its blobs but not yet recorded its image; the sweep
+runs under index.json's lock, which record_image's completeness check takes too, so an image is
+never recorded with a blob that is being deleted (the pull sees the blob gone and fetches again).
 """
 
 from __future__ import annotations
@@ -57,11 +59,60 @@ def image_roots(store: BlobStore) -> list[Digest]:
     return roots
 
 
-def live_blobs(store: BlobStore) -> set[Digest]:
+def pinned_roots(store: BlobStore) -> list[Digest]:
+    """The manifests of pinned images (from their metadata records: also when index.json lost them)."""
+    roots = []
+    for ref in store.index.pins():
+        record = store.index.image(ref) or {}
+        try:
+            roots.append(parse_digest(record.get("digest")))  # type: ignore[arg-type]
+        except InvalidDigest:
+            continue
+    return roots
+
+
+def live_blobs(store: BlobStore, known: dict[Digest, set[Digest]] | None = None) -> set[Digest]:
+    """Every blob a root (an image in index.json, or a pin) reaches. ``known`` caches blobs_of per root."""
+    known = {} if known is None else known
     live: set[Digest] = set()
-    for root in image_roots(store):
-        live.update(blobs_of(store, root))
+    for root in image_roots(store) + pinned_roots(store):
+        if root not in known:
+            known[root] = set(blobs_of(store, root))
+        live.update(known[root])
     return live
+
+
+def in_use(store: BlobStore, digest: Digest, cutoff: float) -> bool:
+    """Whether a blob not reached from any root may still be wanted: written or used (a pull reused
+    it) after ``cutoff``, or with a write of it in progress (a fresh ingest file). A pull in
+    progress stores and touches its blobs before it records its image."""
+    if not _older_than(str(store.path(digest)), cutoff):
+        return True
+    record = store.index.blob(digest)
+    if record is not None and float(record.get("last_used") or 0) >= cutoff:
+        return True
+    ingest = store.ingest_dir / f"sha256-{digest.hex}"
+    return ingest.exists() and not _older_than(str(ingest), cutoff)
+
+
+def sweep(store: BlobStore, candidates: list[tuple[Digest, float]],
+          known: dict[Digest, set[Digest]]) -> list[tuple[Digest, int]]:
+    """Delete the candidates (digest, cutoff for :func:`in_use`) that no root reaches and that are
+    not in use. The caller holds index.json's lock, so no image is recorded meanwhile
+    (record_image checks its blobs under it); a blob whose digest lock is held (being written) is
+    skipped, never waited for."""
+    live = live_blobs(store, known)
+    removed = []
+    for digest, cutoff in candidates:
+        if digest in live or in_use(store, digest, cutoff):
+            continue
+        try:
+            size = store.path(digest).stat().st_size
+        except FileNotFoundError:
+            continue
+        if store.delete(digest, wait=False):
+            removed.append((digest, size))
+    return removed
 
 
 @dataclass
@@ -82,18 +133,21 @@ def _older_than(path: str, cutoff: float) -> bool:
 def gc(store: BlobStore, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> GcResult:
     result = GcResult()
     cutoff = time.time() - grace
-    live = live_blobs(store)
-    for digest in list(store.digests()):
-        path = store.path(digest)
-        if digest in live or not _older_than(str(path), cutoff):
-            continue
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue
-        if dry_run or store.delete(digest):
-            result.removed_blobs.append(digest)
-            result.freed_bytes += size
+    known: dict[Digest, set[Digest]] = {}
+    live = live_blobs(store, known)
+    candidates = [d for d in store.digests() if d not in live and not in_use(store, d, cutoff)]
+    if dry_run:
+        for digest in candidates:
+            try:
+                result.freed_bytes += store.path(digest).stat().st_size
+                result.removed_blobs.append(digest)
+            except FileNotFoundError:
+                continue
+    elif candidates:
+        with store.index_json_lock():
+            removed = sweep(store, [(digest, cutoff) for digest in candidates], known)
+        result.removed_blobs = [digest for digest, _ in removed]
+        result.freed_bytes = sum(size for _, size in removed)
     for entry in os.scandir(store.ingest_dir):
         if _older_than(entry.path, cutoff):
             result.removed_ingest += 1

@@ -8,16 +8,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from cache.errors import SourceError
+from cache.images import BlobsEvicted
 from cache.model import Platform
 from cache.progress import ProgressFactory, no_progress
 from cache.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
 from cache.report import PullReport
 from cache.sources.layout import pull_from_layout
 from cache.sources.registry import DEFAULT_JOBS, RegistryPullOptions, pull_from_registry
-from cache.store import BlobStore
+from cache.stats import record_pull
+from cache.store import BlobStore, DiskFull, disk_full
 
 
 @dataclass
@@ -33,10 +36,29 @@ class PullOptions:
 
 
 def pull(store: BlobStore, source: Source | str, options: PullOptions | None = None) -> PullReport:
-    """Bring the image named by ``source`` into ``store``; report what was fetched and reused."""
+    """Bring the image named by ``source`` into ``store``; report what was fetched and reused.
+
+    A pull whose stored blobs were evicted by a concurrent prune between "is it stored?" and
+    recording the image runs once more (fetching them again); the hit/miss counters of ``stats``
+    are recorded here, once per pull, for every source.
+    """
     options = options or PullOptions()
     if isinstance(source, str):
         source = parse_source(source)
+    try:
+        try:
+            report = _pull(store, source, options)
+        except BlobsEvicted:
+            report = _pull(store, source, options)
+    except (OSError, sqlite3.OperationalError) as error:
+        if not disk_full(error):
+            raise
+        raise DiskFull(store.root) from None
+    record_pull(store, source, report)
+    return report
+
+
+def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
     if isinstance(source, RegistrySource):
         return pull_from_registry(
             store,

@@ -25,6 +25,14 @@ from cache.store import BlobStore, BlobWriter
 Fetch = Callable[[Descriptor, int, Callable[[bytes], None], Callable[[], None]], int]
 
 
+class _StoreWriteFailed(LayerhoardError):
+    """Carries an OSError of the store's disk through a source's retry loop (which retries OSError)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass
 class PulledManifest:
     manifest: Manifest
@@ -127,7 +135,10 @@ class BlobPuller:
         bar.update(writer.offset)
 
         def on_chunk(chunk: bytes) -> None:
-            writer.write(chunk)
+            try:
+                writer.write(chunk)
+            except OSError as error:  # our disk, not the source: the client must not retry it
+                raise _StoreWriteFailed(error) from error
             if state["hasher"] is not None and state["corrupt"] is None:
                 try:
                     state["hasher"].update(chunk)
@@ -147,6 +158,12 @@ class BlobPuller:
                 raise state["corrupt"]
         except (DigestMismatch, SizeMismatch, CorruptLayer):
             writer.discard()  # known-bad bytes are never resumed
+            raise
+        except _StoreWriteFailed as failed:
+            writer.discard()  # a full disk: keep no partial file eating the space that is left
+            raise failed.error from None
+        except OSError:
+            writer.discard()  # fsync or close failed (ENOSPC shows up there too)
             raise
         finally:
             bar.close()

@@ -17,14 +17,16 @@ appears only once its content is complete and checked.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +35,7 @@ from cache.digest import CHUNK, Digest, Hasher, check, hash_file, iter_chunks, p
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
 from cache.fsutil import file_lock, fsync_dir, write_atomic
 from cache.index import MetadataIndex
+from cache.shared import make_dirs, share_meta
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -47,6 +50,23 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "layerhoard"
+
+
+class DiskFull(LayerhoardError):
+    """The cache's file system filled up during a write; the partial write was removed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(
+            f"no space left on the device of the cache {root}; nothing partial was kept: "
+            "free space (`layerhoard prune`, a bigger disk) and run again"
+        )
+
+
+def disk_full(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT from a write, or SQLite's "database or disk is full"."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
 @dataclass(frozen=True)
@@ -137,8 +157,11 @@ class BlobWriter:
         self._hasher = Hasher()
         resuming = resume and self.path.exists()
         if resuming:
-            os.chmod(self.path, 0o644)  # a writer killed inside _publish leaves it read-only
-        else:
+            try:
+                os.chmod(self.path, 0o644)  # a writer killed inside _publish leaves it read-only
+            except PermissionError:  # another user's leftover in a shared cache: start over
+                resuming = False
+        if not resuming:
             self.path.unlink(missing_ok=True)  # "w+b" cannot open a read-only leftover unless root
         mode = "r+b" if resuming else "w+b"
         self._file: BinaryIO = open(self.path, mode)  # type: ignore[assignment]  # noqa: SIM115
@@ -228,7 +251,7 @@ class BlobStore:
     def _init_layout(self) -> None:
         try:
             for folder in (self.blobs_dir, self.ingest_dir, self.locks_dir):
-                folder.mkdir(parents=True, exist_ok=True)
+                make_dirs(folder, self.root)  # group-writable in a shared (setgid) cache folder
         except OSError as error:
             raise LayerhoardError(f"cannot create cache folder {self.root}: {error.strerror}") from error
         layout = self.root / "oci-layout"
@@ -242,7 +265,15 @@ class BlobStore:
     @property
     def index(self) -> MetadataIndex:
         if self._index is None:
-            self._index = MetadataIndex(self.root / "meta", self.locks_dir / "meta.lock")
+            make_dirs(self.root / "meta", self.root)
+            try:
+                self._index = MetadataIndex(self.root / "meta", self.locks_dir / "meta.lock")
+            except sqlite3.DatabaseError as error:  # never a traceback: the index is rebuildable
+                raise LayerhoardError(
+                    f"the metadata index {self.root / 'meta'} is damaged ({error}); "
+                    "run `layerhoard gc --rebuild-index`"
+                ) from None
+            share_meta(self.root / "meta", self.root)
         return self._index
 
     def close(self) -> None:
@@ -373,9 +404,12 @@ class BlobStore:
         ingest_path.unlink(missing_ok=True)
         fsync_dir(self.blobs_dir)
 
-    def delete(self, digest: Digest) -> bool:
-        """Remove a blob (prune, gc). Takes the digest's lock so no write of it is in progress."""
-        with self.lock(digest):
+    def delete(self, digest: Digest, *, wait: bool = True) -> bool:
+        """Remove a blob (prune, gc). Takes the digest's lock so no write of it is in progress;
+        with ``wait=False`` a blob whose lock is held (a write in progress) is left alone."""
+        with file_lock(self.locks_dir / f"sha256-{digest.hex}.lock", blocking=wait) as held:
+            if not held:
+                return False
             try:
                 self.path(digest).unlink()
             except FileNotFoundError:
@@ -402,11 +436,19 @@ class BlobStore:
                 return entry
         return None
 
-    def set_image(self, ref: str, descriptor: dict[str, object]) -> None:
-        """Point ``ref`` at a manifest descriptor in index.json (replaced atomically, under a lock)."""
+    def set_image(
+        self, ref: str, descriptor: dict[str, object], check: Callable[[], None] | None = None
+    ) -> None:
+        """Point ``ref`` at a manifest descriptor in index.json (replaced atomically, under a lock).
+
+        ``check`` runs under the same lock first (record_image: "every blob is stored"); prune and
+        gc sweep under that lock too, so no image is named while its blobs are being deleted.
+        """
         entry = dict(descriptor)
         entry["annotations"] = {**dict(descriptor.get("annotations") or {}), REF_NAME: ref}  # type: ignore[call-overload]
-        with file_lock(self.locks_dir / "index.json.lock"):
+        with self.index_json_lock():
+            if check is not None:
+                check()
             current = self.images()
             if entry in current:
                 return  # already named so: a cached pull rewrites (and fsyncs) nothing
@@ -423,6 +465,14 @@ class BlobStore:
                 return False
             self._write_index_json(kept)
             return True
+
+    def index_json_lock(self) -> contextlib.AbstractContextManager[bool]:
+        """The lock every change of index.json holds (not reentrant)."""
+        return file_lock(self.locks_dir / "index.json.lock")
+
+    def replace_images(self, entries: list[dict[str, object]]) -> None:
+        """Write index.json with exactly ``entries``; the caller holds :meth:`index_json_lock`."""
+        self._write_index_json(entries)
 
     def _write_index_json(self, entries: list[dict[str, object]]) -> None:
         document = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
@@ -462,7 +512,7 @@ class BlobStore:
         return checked, corrupt
 
     def _quarantine(self, digest: Digest) -> Path:
-        self.corrupt_dir.mkdir(exist_ok=True)
+        make_dirs(self.corrupt_dir, self.root)
         target = self.corrupt_dir / f"sha256-{digest.hex}-{int(time.time())}"
         with self.lock(digest):
             shutil.move(str(self.path(digest)), target)

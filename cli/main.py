@@ -28,6 +28,11 @@ COMMANDS = {
     "du": "cli.commands.maintenance:du_command",
     "verify": "cli.commands.maintenance:verify_command",
     "gc": "cli.commands.maintenance:gc_command",
+    "prune": "cli.commands.lifecycle:prune_command",
+    "pin": "cli.commands.lifecycle:pin_command",
+    "unpin": "cli.commands.lifecycle:unpin_command",
+    "config": "cli.commands.lifecycle:config_command",
+    "stats": "cli.commands.lifecycle:stats_command",
 }
 
 

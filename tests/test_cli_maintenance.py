@@ -52,7 +52,7 @@ def test_ls_lists_images_in_text_and_json(two_images: BlobStore) -> None:
     text = run(two_images, "ls")
     assert text.exit_code == 0
     lines = text.stdout.splitlines()
-    assert lines[0].split() == ["REF", "DIGEST", "SOURCE", "LAST", "USED", "PIN"]
+    assert lines[0].split() == ["REF", "DIGEST", "SIZE", "SOURCE", "LAST", "USED", "PIN"]
     assert [line.split()[0] for line in lines[1:]] == [REF_B, REF_A]
     assert lines[1].rstrip().endswith("yes") and not lines[2].rstrip().endswith("yes")
     images = run_json(two_images, "ls")["images"]

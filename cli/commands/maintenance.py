@@ -6,9 +6,14 @@ import datetime
 
 import click
 
+from cache.digest import Digest, parse_digest
+from cache.errors import InvalidDigest
+from cache.images import blobs_of
 from cache.lifecycle import gc as run_gc
 from cache.lifecycle import usage
-from cache.store import REF_NAME
+from cache.prune import blob_sizes
+from cache.rebuild import rebuild_index as rebuild_store_index
+from cache.store import REF_NAME, BlobStore
 from cache.units import format_size, parse_duration
 from cli.output import Context, pass_context
 
@@ -22,31 +27,44 @@ def _when(timestamp: float | None) -> str:
 @click.command("ls")
 @pass_context
 def ls_command(ctx: Context) -> None:
-    """List cached images."""
+    """List cached images: digest, size (all its blobs, shared ones included), source, last use, pin."""
     store = ctx.store
     pins = store.index.pins()
+    sizes = blob_sizes(store)
     rows = []
     for entry in store.images():
         annotations = entry.get("annotations")
         ref = str(annotations.get(REF_NAME, "")) if isinstance(annotations, dict) else ""
         record = store.index.image(ref) or {}
+        size = _image_size(store, entry.get("digest"), sizes)
         rows.append({
             "ref": ref,
             "digest": entry.get("digest"),
+            "size": size,
             "media_type": entry.get("mediaType"),
             "platform": record.get("platform"),
             "source": record.get("source"),
             "last_used": record.get("last_used"),
             "pinned": ref in pins,
         })
-    lines = [f"{'REF':50} {'DIGEST':19} {'SOURCE':14} {'LAST USED':16} PIN"]
+    lines = [f"{'REF':50} {'DIGEST':19} {'SIZE':>10} {'SOURCE':14} {'LAST USED':16} PIN"]
     for row in rows:
         source = str(row["source"] or "-").split(":", 1)[0]
         lines.append(
-            f"{row['ref']:50} {str(row['digest'])[7:19]:19} {source:14} {_when(row['last_used']):16} "  # type: ignore[arg-type]
+            f"{row['ref']:50} {str(row['digest'])[7:19]:19} {format_size(row['size']):>10} {source:14} "  # type: ignore[arg-type]
+            f"{_when(row['last_used']):16} "  # type: ignore[arg-type]
             f"{'yes' if row['pinned'] else ''}"
         )
     ctx.result({"images": rows}, "\n".join(lines))
+
+
+def _image_size(store: BlobStore, digest: object, sizes: dict[Digest, int]) -> int:
+    """The bytes of every blob the image reaches (blobs it shares with other images included)."""
+    try:
+        root = parse_digest(digest)  # type: ignore[arg-type]
+    except InvalidDigest:
+        return 0
+    return sum(sizes.get(blob, 0) for blob in blobs_of(store, root))
 
 
 @click.command("du")
@@ -85,15 +103,32 @@ def verify_command(ctx: Context, mode: str, repair: bool) -> None:
 @click.command("gc")
 @click.option("--grace", default="1h", show_default=True, help="Keep orphans and partial writes younger than this.")
 @click.option("--dry-run", is_flag=True, help="Say what would go, remove nothing.")
+@click.option("--rebuild-index", is_flag=True,
+              help="First rebuild the metadata index (meta/) from blobs/ and index.json: after it was lost "
+                   "or damaged. The old one is moved to meta.broken-<time>/.")
 @pass_context
-def gc_command(ctx: Context, grace: str, dry_run: bool) -> None:
-    """Remove orphan blobs, stale partial writes and idle lock files older than the grace period."""
+def gc_command(ctx: Context, grace: str, dry_run: bool, rebuild_index: bool) -> None:
+    """Remove orphan blobs, stale partial writes and idle lock files older than the grace period.
+
+    Marks from every image in index.json and every pin; a blob none of them reaches goes once it
+    is older than --grace (and was not used within it). With --rebuild-index the metadata index
+    is first made anew from the files (blob sizes and blake3, images, diff_ids hashed here).
+    """
     try:
         grace_seconds = parse_duration(grace)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--grace") from None
+    rebuilt = None
+    if rebuild_index:
+        result_rebuild = rebuild_store_index(ctx.store)
+        rebuilt = {"blobs": result_rebuild.blobs, "images": result_rebuild.images,
+                   "diff_ids": result_rebuild.diff_ids, "pins": result_rebuild.pins,
+                   "moved_to": str(result_rebuild.moved_to) if result_rebuild.moved_to else None}
+        ctx.log(f"rebuilt the metadata index: {result_rebuild.blobs} blobs, {result_rebuild.images} images, "
+                f"{result_rebuild.diff_ids} diff_ids, {result_rebuild.pins} pins")
     result = run_gc(ctx.store, grace_seconds, dry_run=dry_run)
     data = {
+        "rebuilt_index": rebuilt,
         "removed_blobs": [str(d) for d in result.removed_blobs],
         "freed_bytes": result.freed_bytes,
         "removed_ingest": result.removed_ingest,

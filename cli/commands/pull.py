@@ -10,6 +10,7 @@ import click
 
 from cache.errors import LayerhoardError
 from cache.model import Platform
+from cache.policy import apply_after_write
 from cache.progress import NoProgress, Progress, ProgressFactory
 from cache.pull import PullOptions, pull
 from cache.report import PullReport
@@ -82,6 +83,7 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host, name)
     report = pull(ctx.store, source, options)
     ctx.result(report.to_json(), _summary(report))
+    apply_after_write(ctx.store, report.bytes_fetched)  # the standing prune policy, in the background
 
 
 @click.command("warm")
@@ -118,6 +120,7 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
                  f"fetched {format_size(result.bytes_fetched)}, reused {format_size(result.bytes_reused)} "
                  f"in {result.seconds:.2f}s")
     ctx.result(data, "\n".join(lines))
+    apply_after_write(ctx.store, result.bytes_fetched)  # the standing prune policy, in the background
     if result.failures:
         raise SystemExit(1)
 

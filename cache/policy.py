@@ -1,0 +1,127 @@
+"""The standing prune policy: ``<cache>/config.json``, applied after writes in the background.
+
+    layerhoard config set max-size 50G        # the store may hold 50 GiB of blobs
+    layerhoard config set min-free-space 10G  # keep 10 GiB free on its file system
+    layerhoard config set keep-duration 7d    # never evict an image used in the last 7 days
+
+After a command that wrote to the store (pull, warm), :func:`apply_after_write` makes a cheap
+check (nothing at all without a policy; no blob is looked at when the command fetched nothing;
+one statvfs for min-free-space) and, only when a limit is exceeded, starts a detached
+``layerhoard prune --policy`` process, so the write that triggered it is not slowed down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cache.errors import LayerhoardError
+from cache.fsutil import file_lock, write_atomic
+from cache.store import BlobStore
+from cache.units import parse_duration, parse_size
+
+CONFIG_FILE = "config.json"
+KEYS: dict[str, Callable[[str], float]] = {
+    "max-size": parse_size,
+    "min-free-space": parse_size,
+    "keep-duration": parse_duration,
+}
+
+
+class ConfigError(LayerhoardError):
+    """An unknown key, a bad value, or a config.json that is not ours."""
+
+
+def config_path(root: Path) -> Path:
+    return root / CONFIG_FILE
+
+
+def load_config(root: Path) -> dict[str, str]:
+    """The settings as written by ``config set`` (values as the user wrote them)."""
+    path = config_path(root)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}); fix it or remove it") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path} is not a layerhoard config (an object of strings)")
+    for key, value in data.items():
+        validate(key, value)
+    return dict(data)
+
+
+def validate(key: str, value: str) -> float:
+    """The parsed value; ConfigError naming the problem for an unknown key or a bad value."""
+    parser = KEYS.get(key)
+    if parser is None:
+        raise ConfigError(f"unknown setting {key!r}: use one of {', '.join(KEYS)}")
+    try:
+        return parser(value)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
+
+
+def set_value(root: Path, key: str, value: str) -> None:
+    validate(key, value)
+    _update(root, lambda config: config.__setitem__(key, value.strip()))
+
+
+def unset_value(root: Path, key: str) -> bool:
+    if key not in KEYS:
+        validate(key, "")
+    removed: list[bool] = []
+    _update(root, lambda config: removed.append(config.pop(key, None) is not None))
+    return bool(removed and removed[0])
+
+
+def _update(root: Path, change: Callable[[dict[str, str]], object]) -> None:
+    """Read, change, and atomically replace config.json under its lock (concurrent sets both land)."""
+    with file_lock(root / "locks" / "config.lock"):
+        config = load_config(root)
+        change(config)
+        write_atomic(config_path(root), json.dumps(config, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def policy_limits(config: dict[str, str]) -> dict[str, float]:
+    return {key: validate(key, value) for key, value in config.items()}
+
+
+# -- applying after writes ------------------------------------------------------------------------
+def over_limit(store: BlobStore, wrote_bytes: int) -> bool:
+    """Whether the standing policy wants a prune now. Cheap: reads config.json; sums blob sizes only
+    when there is a max-size and this command wrote something (a cached pull cannot grow the store)."""
+    try:
+        limits = policy_limits(load_config(store.root))
+    except ConfigError:
+        return False  # a broken config never fails a pull; `config get` reports it
+    if "min-free-space" in limits:
+        stat = os.statvfs(store.root)
+        if stat.f_bavail * stat.f_frsize < limits["min-free-space"]:
+            return True
+    if "max-size" in limits and wrote_bytes > 0:
+        from cache.prune import blob_sizes
+
+        return sum(blob_sizes(store).values()) > limits["max-size"]
+    return False
+
+
+def apply_after_write(store: BlobStore, wrote_bytes: int) -> bool:
+    """Start a background ``layerhoard prune --policy`` when the policy is exceeded. True if started."""
+    if not config_path(store.root).exists() or not over_limit(store, wrote_bytes):
+        return False
+    with file_lock(store.locks_dir / "prune.lock", blocking=False) as idle:
+        if not idle:
+            return False  # a prune is running: it will see this write's bytes too
+    command = [sys.executable, "-m", "cli.main", "--cache-dir", str(store.root), "-q", "prune", "--policy"]
+    with contextlib.suppress(OSError):
+        subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True)
+        return True
+    return False

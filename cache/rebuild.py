@@ -1,0 +1,165 @@
+"""``gc --rebuild-index``: a new metadata index from blobs/ and index.json (invariant 6).
+
+The damaged (or missing) meta/ folder is moved aside to ``meta.broken-<time>/`` and a new one is
+filled from what is on disk and checked here:
+
+- a blob record per file in blobs/: size and blake3 computed from the file;
+- an image record per index.json entry (last use: the manifest's mtime; source "rebuilt");
+- diff_id pairs only for layers we decompressed and hashed here, and only when the hash is the
+  diff_id their image's config lists (invariant 4: never because a config merely says so);
+- pins and counters are copied from the old database when SQLite can still read those rows.
+
+SBOM scan records are not rebuilt: they are made again on the next ``sbom`` of each layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.compression import CorruptLayer, DiffIdHasher
+from cache.digest import Digest, hash_file
+from cache.errors import LayerhoardError
+from cache.fsutil import file_lock
+from cache.model import MAX_MANIFEST_BYTES, Descriptor, Manifest, compression_of, parse_config, parse_manifest_or_index
+from cache.store import REF_NAME, BlobStore
+
+
+@dataclass
+class RebuildResult:
+    blobs: int = 0
+    images: int = 0
+    diff_ids: int = 0
+    pins: int = 0
+    moved_to: Path | None = None
+
+
+def rebuild_index(store: BlobStore) -> RebuildResult:
+    """Replace the store's metadata index with one rebuilt from the files. Other processes may run:
+    blobs recorded by them meanwhile are recorded again here, with the same values."""
+    result = RebuildResult()
+    store.close()
+    meta = store.root / "meta"
+    salvaged = _salvage(meta)
+    with file_lock(store.locks_dir / "meta.lock"):
+        if meta.exists():
+            result.moved_to = store.root / f"meta.broken-{int(time.time())}"
+            os.rename(meta, result.moved_to)
+    index = store.index  # a new, empty one
+    for key, value in salvaged:
+        if key.startswith("pin/"):
+            index.pin(key[4:])
+            result.pins += 1
+        elif key.startswith("stat/") and isinstance(value, int):
+            index.count(key[5:], value)
+    for digest in list(store.digests()):
+        path = store.path(digest)
+        try:
+            size = path.stat().st_size
+            index.record_blob(digest, size, hash_file(str(path), use_blake3=True), None, "rebuilt")
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        result.blobs += 1
+    for entry in store.images():
+        if _record_image(store, entry):
+            result.images += 1
+    result.diff_ids = _record_diff_ids(store)
+    return result
+
+
+def _salvage(meta: Path) -> list[tuple[str, object]]:
+    """Pins and counters from the old database, as far as SQLite can read them."""
+    database = meta / "cache.db"
+    if not database.exists():
+        return []
+    rows: list[tuple[str, object]] = []
+    with contextlib.suppress(sqlite3.Error):
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            for key, value in connection.execute(
+                "SELECT key, value FROM Cache WHERE key LIKE 'pin/%' OR key LIKE 'stat/%'"
+            ):
+                if isinstance(key, str):
+                    rows.append((key, value))
+        finally:
+            connection.close()
+    return rows
+
+
+def _record_image(store: BlobStore, entry: dict[str, object]) -> bool:
+    annotations = entry.get("annotations")
+    ref = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+    if not isinstance(ref, str):
+        return False
+    try:
+        descriptor = Descriptor.from_json(entry, f"index.json entry {ref}")
+        last_used = store.path(descriptor.digest).stat().st_mtime
+    except (LayerhoardError, FileNotFoundError):
+        return False
+    store.index.record_image(ref, {
+        "digest": str(descriptor.digest), "media_type": descriptor.media_type, "size": descriptor.size,
+        "platform": str(descriptor.platform) if descriptor.platform else None, "source": "rebuilt",
+    })
+    record = store.index.image(ref)
+    if record is not None:  # record_image stamps "now": the manifest's age is a better guess at last use
+        record["last_used"] = record["stored_at"] = last_used
+        store.index._set(f"image/{ref}", record)
+    return True
+
+
+def _record_diff_ids(store: BlobStore) -> int:
+    """Hash the uncompressed bytes of every layer of every stored manifest once; record the pairs
+    whose hash is the diff_id the manifest's config lists."""
+    recorded = 0
+    done: set[Digest] = set()
+    for digest in list(store.digests()):
+        manifest = _manifest(store, digest)
+        if manifest is None:
+            continue
+        try:
+            config = parse_config(store.read_bytes(manifest.config.digest), f"config {manifest.config.digest}")
+        except LayerhoardError:
+            continue
+        if len(config.diff_ids) != len(manifest.layers):
+            continue
+        for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+            if layer.digest in done or not store.has(layer.digest):
+                continue
+            done.add(layer.digest)
+            if _uncompressed_digest(store, layer) == diff_id:
+                store.index.record_diff_id(layer.digest, diff_id, layer.media_type)
+                recorded += 1
+    return recorded
+
+
+def _manifest(store: BlobStore, digest: Digest) -> Manifest | None:
+    try:
+        if store.size(digest) > MAX_MANIFEST_BYTES:
+            return None
+        with store.open(digest) as handle:
+            head = handle.read(1)
+            if head != b"{":
+                return None  # a layer or other binary blob
+            raw = head + handle.read()
+        json.loads(raw)
+        parsed = parse_manifest_or_index(raw, what=f"blob {digest}")
+    except (LayerhoardError, ValueError):
+        return None
+    return parsed if isinstance(parsed, Manifest) else None
+
+
+def _uncompressed_digest(store: BlobStore, layer: Descriptor) -> Digest | None:
+    hasher = DiffIdHasher(compression_of(layer.media_type))
+    try:
+        with store.open(layer.digest) as handle:
+            while chunk := handle.read(1 << 20):
+                hasher.update(chunk)
+        return hasher.finish()
+    except (CorruptLayer, LayerhoardError):
+        return None
+
