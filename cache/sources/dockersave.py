@@ -23,14 +23,14 @@ import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
 
 from cache.compression import CorruptLayer, DiffIdHasher, zstd_compressor
 from cache.digest import CHUNK, Digest
 from cache.errors import DigestMismatch, NotADockerSave, StreamCutOff
 from cache.model import MAX_CONFIG_BYTES, OCI_LAYER_ZSTD
 from cache.progress import Progress
-from cache.sources.staging import StagedBlob, Staging
+from cache.sources.staging import BackgroundSink, StagedBlob, Staging
 from cache.sources.storedlayers import OCI_TYPE_OF, stored_layer
 from cache.sources.v1ids import chain_ids, layer_position
 from cache.store import BlobStore
@@ -302,27 +302,28 @@ class SaveReader:
         if compression != "none" and named is not None and not store_it:
             known_diff_id = self.store.index.diff_id_of(named)  # verified when it was stored
         diff_hasher = DiffIdHasher(compression) if compression != "none" and known_diff_id is None else None
-        writer = None
-        compressor: Any = None
+        sink = None
         if store_it:
             if compression == "none":
-                writer = contents.staging.writer(OCI_LAYER_ZSTD)
-                compressor = zstd_compressor().compressobj(size=-1)
+                sink = BackgroundSink(contents.staging.writer(OCI_LAYER_ZSTD), zstd_compressor().compressobj(size=-1))
             else:
-                writer = contents.staging.writer(OCI_TYPE_OF[compression])
+                sink = BackgroundSink(contents.staging.writer(OCI_TYPE_OF[compression]))
         sha = hashlib.sha256()
-        for chunk in chunks:
-            sha.update(chunk)
-            if diff_hasher is not None:
-                diff_hasher.update(chunk)
-            if writer is not None:
-                writer.write(compressor.compress(chunk) if compressor is not None else chunk)
-        if writer is not None and compressor is not None:
-            writer.write(compressor.flush())
+        try:
+            for chunk in chunks:
+                sha.update(chunk)
+                if diff_hasher is not None:
+                    diff_hasher.update(chunk)
+                if sink is not None:
+                    sink.write(chunk)
+        except BaseException:
+            if sink is not None:
+                sink.abort()
+            raise
+        staged = sink.finish() if sink is not None else None
         digest = Digest(sha.hexdigest())
         if named is not None and named != digest:
             raise DigestMismatch(f"{self.what}: {path} holds bytes with digest {digest}, not the one its name says")
         diff_id = digest if compression == "none" else (diff_hasher.finish() if diff_hasher else known_diff_id)
-        staged = writer.finish() if writer is not None else None
         self.chooser.seen(diff_id, staged is not None)
         return SavedLayer(path, compression, size, digest, diff_id, staged)
