@@ -169,7 +169,7 @@ def test_write_behind_keeps_reused_buffers_and_large_blobs_whole(store: BlobStor
         assert writer is not None
         for n in range(40):
             buffer[:8] = n.to_bytes(8, "big")
-            writer.write(buffer)
+            writer.write(memoryview(buffer))  # a writable view: the writer must copy it
             writer.write(memoryview(buffer)[:0])
         writer.commit()
     assert store.read_bytes(digest) == expected
