@@ -122,7 +122,8 @@ class FaultRegistry:
 
     def send_blob(self, handler: BaseHTTPRequestHandler, digest: str) -> None:
         if self.faults.redirect_blobs_to:
-            self._send(handler, 307, b"", {"Location": f"{self.faults.redirect_blobs_to}/v2/{self.repository}/blobs/{digest}"})
+            location = f"{self.faults.redirect_blobs_to}/v2/{self.repository}/blobs/{digest}"
+            self._send(handler, 307, b"", {"Location": location})
             return
         if digest not in self.blobs:
             self._send(handler, 404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')

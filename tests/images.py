@@ -165,7 +165,7 @@ def build_index(layout: Path, images: list[TestImage], platforms: list[tuple[str
         "manifests": [
             {"mediaType": OCI_MANIFEST, "digest": image.manifest_digest, "size": len(image.manifest),
              "platform": {"os": os_name, "architecture": arch}}
-            for image, (os_name, arch) in zip(images, platforms)
+            for image, (os_name, arch) in zip(images, platforms, strict=True)
         ],
     }, sort_keys=True).encode()
     digest = writer.blob(index)

@@ -16,6 +16,7 @@ from cache.errors import DigestMismatch, InvalidManifest, LayerhoardError
 from cache.pull import pull
 from cache.refs import ImageRef
 from cache.registry.client import RegistryClient, RetryPolicy
+from cache.report import PullReport
 from cache.sources.registry import pull_from_registry
 from cache.store import BlobStore
 from tests.faultserver import FaultRegistry
@@ -41,9 +42,10 @@ def server(image: TestImage) -> Iterator[FaultRegistry]:
         yield registry
 
 
-def fast_pull(store: BlobStore, server: FaultRegistry, reference: str = "1"):  # type: ignore[no-untyped-def]
+def fast_pull(store: BlobStore, server: FaultRegistry, reference: str = "1") -> PullReport:
     """Pull with short retry waits so fault tests stay quick."""
-    ref = ImageRef.parse(f"{server.host}/{REPO}" + (f"@{reference}" if reference.startswith("sha256:") else f":{reference}"))
+    separator = "@" if reference.startswith("sha256:") else ":"
+    ref = ImageRef.parse(f"{server.host}/{REPO}{separator}{reference}")
     client = RegistryClient(ref.registry, retry=RetryPolicy(attempts=4, backoff=0.05))
     return pull_from_registry(store, ref, client=client)
 
