@@ -31,6 +31,7 @@ class Faults:
     fail_first: dict[str, list[int]] = field(default_factory=dict)  # path suffix -> statuses to send first
     retry_after: str = "1"
     token_required: bool = False
+    basic_required: str | None = None  # the exact Authorization header a Basic registry accepts
     redirect_blobs_to: str | None = None  # base URL of another server that holds the blobs
 
 
@@ -73,7 +74,7 @@ class FaultRegistry:
                 pass
 
             def do_GET(self) -> None:
-                registry.seen.append(Seen("GET", self.path, dict(self.headers.items())))
+                registry.seen.append(Seen("GET", self.path, {k.title(): v for k, v in self.headers.items()}))
                 registry.handle(self)
 
         return Handler
@@ -100,6 +101,9 @@ class FaultRegistry:
             token = f"token-{len(self.tokens_issued)}"
             self.tokens_issued.append(unquote(scope.group(1)) if scope else "")
             self._send(handler, 200, f'{{"token": "{token}"}}'.encode())
+            return
+        if self.faults.basic_required and handler.headers.get("Authorization") != self.faults.basic_required:
+            self._send(handler, 401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {"WWW-Authenticate": 'Basic realm="t"'})
             return
         if self.faults.token_required and not handler.headers.get("Authorization", "").startswith("Bearer token-"):
             challenge = (f'Bearer realm="{self.url}/token",service="fault",'

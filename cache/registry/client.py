@@ -95,7 +95,6 @@ class RegistryClient:
         self.pool = urllib3.PoolManager(
             num_pools=8, maxsize=pool_size, block=False, retries=False, timeout=TIMEOUT,
             cert_reqs="CERT_NONE" if insecure else "CERT_REQUIRED",
-            headers={"User-Agent": USER_AGENT},
         )
         self._tokens: dict[str, str] = {}
         self._basic: dict[str, str] = {}
@@ -141,7 +140,7 @@ class RegistryClient:
             headers = make_headers(basic_auth=f"{credentials.username}:{credentials.password}")
         url = f"{params['realm']}{'&' if '?' in params['realm'] else '?'}{urlencode(query)}"
         try:
-            reply = self.pool.request("GET", url, headers=headers, redirect=True)
+            reply = self.pool.request("GET", url, headers={"User-Agent": USER_AGENT, **headers}, redirect=True)
         except _TRANSIENT as error:
             raise SourceError(f"{self.registry}: cannot get a token from {params['realm']}: {error}") from None
         self._count()
@@ -210,7 +209,7 @@ class RegistryClient:
         url = self.base_url + path
         own_host = urlparse(url).netloc
         for _ in range(6):
-            send_headers = dict(headers)
+            send_headers = {"User-Agent": USER_AGENT, **headers}
             if urlparse(url).netloc == own_host:  # blob storage elsewhere never sees our credentials
                 send_headers.update(self._auth_headers(scope))
             response = self.pool.request(method, url, headers=send_headers, preload_content=False, redirect=False)
