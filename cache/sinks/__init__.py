@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cache.errors import InvalidReference
+from cache.fsutil import replacing
 from cache.images import CachedImage
 from cache.refs import ImageRef
 from cache.sinks.archive import write_archive
-from cache.sinks.atomic import replacing
 from cache.sinks.daemon import load_into_daemon
 from cache.sinks.layout import write_layout
 from cache.sinks.transcode import COMPRESSIONS, transcode

@@ -21,9 +21,8 @@ from pathlib import Path
 
 from cache.digest import Digest
 from cache.errors import LayerhoardError
-from cache.fsutil import fsync_dir, write_atomic
+from cache.fsutil import fsync_dir, replacing, write_atomic
 from cache.model import OCI_INDEX, Descriptor
-from cache.sinks.atomic import replacing
 from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore, _ref_name
 
 
