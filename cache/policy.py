@@ -22,14 +22,18 @@ from pathlib import Path
 
 from cache.errors import LayerhoardError
 from cache.fsutil import file_lock, write_atomic
+from cache.remote import check_mode, check_remote
 from cache.store import BlobStore
 from cache.units import parse_duration, parse_size
 
 CONFIG_FILE = "config.json"
-KEYS: dict[str, Callable[[str], float]] = {
+KEYS: dict[str, Callable[[str], float | str]] = {
     "max-size": parse_size,
     "min-free-space": parse_size,
     "keep-duration": parse_duration,
+    # the team's remote tier (cache/remote.py): read by the commands that pull, not by prune
+    "remote": check_remote,
+    "remote-mode": check_mode,
 }
 
 
@@ -57,7 +61,7 @@ def load_config(root: Path) -> dict[str, str]:
     return dict(data)
 
 
-def validate(key: str, value: str) -> float:
+def validate(key: str, value: str) -> float | str:
     """The parsed value; ConfigError naming the problem for an unknown key or a bad value."""
     parser = KEYS.get(key)
     if parser is None:
@@ -90,7 +94,8 @@ def _update(root: Path, change: Callable[[dict[str, str]], object]) -> None:
 
 
 def policy_limits(config: dict[str, str]) -> dict[str, float]:
-    return {key: validate(key, value) for key, value in config.items()}
+    values = {key: validate(key, value) for key, value in config.items()}
+    return {key: value for key, value in values.items() if not isinstance(value, str)}
 
 
 # -- applying after writes ------------------------------------------------------------------------

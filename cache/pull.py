@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cache.errors import SourceError
 from cache.images import BlobsEvicted
@@ -22,6 +23,9 @@ from cache.sources.registry import DEFAULT_JOBS, RegistryPullOptions, pull_from_
 from cache.stats import record_pull
 from cache.store import BlobStore, DiskFull, disk_full
 
+if TYPE_CHECKING:
+    from cache.tier import RemoteTier
+
 
 @dataclass
 class PullOptions:
@@ -33,6 +37,7 @@ class PullOptions:
     docker_host: str | None = None
     name: str | None = None  # the name to record an oci: or docker-archive: image under
     progress: ProgressFactory = no_progress
+    remote: RemoteTier | None = None  # the team's remote tier, asked before the origin (cache/tier.py)
 
 
 def pull(store: BlobStore, source: Source | str, options: PullOptions | None = None) -> PullReport:
@@ -59,18 +64,26 @@ def pull(store: BlobStore, source: Source | str, options: PullOptions | None = N
 
 
 def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    remote = None if options.offline else options.remote
     if isinstance(source, RegistrySource):
-        return pull_from_registry(
-            store,
-            source.ref,
-            RegistryPullOptions(options.platform, options.all_platforms, options.jobs, options.insecure,
-                                options.offline, options.progress),
-        )
+        registry_options = RegistryPullOptions(options.platform, options.all_platforms, options.jobs,
+                                               options.insecure, options.offline, options.progress, remote)
+        if remote is not None:
+            from cache.sources.remote import pull_registry_via_remote
+
+            return pull_registry_via_remote(store, source.ref, registry_options)
+        return pull_from_registry(store, source.ref, registry_options)
     if isinstance(source, LayoutSource):
         return pull_from_layout(store, source, platform=options.platform, name=options.name,
                                 jobs=options.jobs, progress=options.progress)
     if isinstance(source, DaemonSource):
         from cache.sources.daemon import pull_from_daemon  # docker-py is slow to import: only when used
+
+        if remote is not None:
+            from cache.sources.remote import pull_daemon_via_remote
+
+            return pull_daemon_via_remote(store, source, remote, docker_host=options.docker_host,
+                                          platform=options.platform, jobs=options.jobs, progress=options.progress)
 
         return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress)
     if isinstance(source, ArchiveSource):

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urlencode, urljoin, urlparse
 
 import urllib3
@@ -42,6 +43,7 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 # Connection refused or reset, timeouts, bodies cut short: worth another try.
 _TRANSIENT = (urllib3.exceptions.HTTPError, OSError)
 TIMEOUT = urllib3.Timeout(connect=10, read=120)
+Body = bytes | BinaryIO | None  # what a push sends: a manifest's bytes, or a stored blob's file
 
 
 def api_host(registry: str) -> str:
@@ -83,6 +85,7 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         pool_size: int = 16,
         base_url: str | None = None,
+        timeout: urllib3.Timeout = TIMEOUT,
     ) -> None:
         self.registry = registry
         host = api_host(registry)
@@ -93,7 +96,7 @@ class RegistryClient:
         self._credentials_loaded = credentials is not None
         self.retry = retry or RetryPolicy()
         self.pool = urllib3.PoolManager(
-            num_pools=8, maxsize=pool_size, block=False, retries=False, timeout=TIMEOUT,
+            num_pools=8, maxsize=pool_size, block=False, retries=False, timeout=timeout,
             cert_reqs="CERT_NONE" if insecure else "CERT_REQUIRED",
         )
         self._tokens: dict[str, str] = {}
@@ -167,14 +170,17 @@ class RegistryClient:
             self.bytes_received += received
 
     # -- requests ------------------------------------------------------------------------------
-    def request(self, method: str, path: str, scope: str, headers: dict[str, str] | None = None) -> BaseHTTPResponse:
+    def request(
+        self, method: str, path: str, scope: str, headers: dict[str, str] | None = None, body: Body = None
+    ) -> BaseHTTPResponse:
         """Send with auth, redirects and retries; the body is left unread for the caller to stream
         (and release). Returns the final response, whatever its status (callers decide what a 404
-        means); raises SourceError when retries are exhausted."""
+        means); raises SourceError when retries are exhausted. A file ``body`` is rewound before
+        every send (retries, the resend after a 401), so it must be seekable."""
         last_error = ""
         for attempt in range(self.retry.attempts):
             try:
-                response = self._send_authenticated(method, path, scope, headers or {})
+                response = self._send_authenticated(method, path, scope, headers or {}, body)
             except _TRANSIENT as error:
                 last_error = f"connection failed: {error}"
                 if self._fallback_to_http and self.base_url.startswith("https://"):
@@ -191,11 +197,13 @@ class RegistryClient:
             return response
         raise SourceError(f"{self.registry}: {method} {path} failed after {self.retry.attempts} tries ({last_error})")
 
-    def _send_authenticated(self, method: str, path: str, scope: str, headers: dict[str, str]) -> BaseHTTPResponse:
-        response = self._send_following_redirects(method, path, scope, headers)
+    def _send_authenticated(
+        self, method: str, path: str, scope: str, headers: dict[str, str], body: Body = None
+    ) -> BaseHTTPResponse:
+        response = self._send_following_redirects(method, path, scope, headers, body)
         if response.status == 401 and self._answer_challenge(response, scope):
             _release(response)
-            response = self._send_following_redirects(method, path, scope, headers)
+            response = self._send_following_redirects(method, path, scope, headers, body)
         if response.status == 401:
             _release(response)
             raise SourceError(
@@ -204,7 +212,7 @@ class RegistryClient:
         return response
 
     def _send_following_redirects(
-        self, method: str, path: str, scope: str, headers: dict[str, str]
+        self, method: str, path: str, scope: str, headers: dict[str, str], body: Body = None
     ) -> BaseHTTPResponse:
         url = self.base_url + path
         own_host = urlparse(url).netloc
@@ -212,7 +220,10 @@ class RegistryClient:
             send_headers = {"User-Agent": USER_AGENT, **headers}
             if urlparse(url).netloc == own_host:  # blob storage elsewhere never sees our credentials
                 send_headers.update(self._auth_headers(scope))
-            response = self.pool.request(method, url, headers=send_headers, preload_content=False, redirect=False)
+            if hasattr(body, "seek"):
+                body.seek(0)  # type: ignore[union-attr]
+            response = self.pool.request(method, url, headers=send_headers, body=body, preload_content=False,
+                                         redirect=False)
             self._count()
             location = response.headers.get("Location")
             if response.status in (301, 302, 303, 307, 308) and location:

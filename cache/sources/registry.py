@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cache.digest import Digest, sha256_of
 from cache.errors import DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
@@ -21,6 +22,9 @@ from cache.registry.client import RegistryClient
 from cache.report import LayerReport, PullReport
 from cache.store import BlobStore
 
+if TYPE_CHECKING:
+    from cache.tier import RemoteTier
+
 DEFAULT_JOBS = 4  # enough to fill a link to a registry; more mostly adds contention on 2 cores
 
 
@@ -32,6 +36,7 @@ class RegistryPullOptions:
     insecure: bool = False
     offline: bool = False
     progress: ProgressFactory = no_progress
+    remote: RemoteTier | None = None  # the team's remote tier: asked before the origin (cache/tier.py)
 
 
 def record_name(ref: ImageRef) -> str:
@@ -94,7 +99,9 @@ def _chosen_manifests(top: Manifest | Index, options: RegistryPullOptions) -> li
 def _pull_online(
     store: BlobStore, client: RegistryClient, ref: ImageRef, name: str, source: str, options: RegistryPullOptions
 ) -> PullReport:
-    raw, content_type = client.get_manifest(ref.repository, ref.reference)
+    remote = options.remote
+    from_remote = remote.resolve_ref(ref, options.platform, options.all_platforms) if remote else None
+    raw, content_type = from_remote or client.get_manifest(ref.repository, ref.reference)
     top = parse_manifest_or_index(raw, content_type, f"manifest of {ref}")
     if ref.digest is not None and top.digest != ref.digest:
         raise DigestMismatch(f"manifest of {ref} has digest {top.digest}, not the {ref.digest} asked for")
@@ -102,11 +109,13 @@ def _pull_online(
     def fetch(descriptor: Descriptor, offset: int, on_chunk, on_restart) -> int:  # type: ignore[no-untyped-def]
         return client.fetch_blob(ref.repository, descriptor.digest, offset, on_chunk, on_restart)
 
-    puller = BlobPuller(store, fetch, source, jobs=options.jobs, progress=options.progress)
+    served = remote.bytes_served if remote else 0
+    puller = BlobPuller(store, remote.fetch_first(fetch) if remote else fetch, source, jobs=options.jobs,
+                        progress=options.progress)
     layers: list[LayerReport] = []
     config_platform = None
     for descriptor in _chosen_manifests(top, options):
-        manifest = top if isinstance(top, Manifest) else _child_manifest(store, client, ref, descriptor)
+        manifest = top if isinstance(top, Manifest) else _child_manifest(store, client, ref, descriptor, remote)
         pulled = puller.pull_manifest(manifest)
         layers.extend(pulled.layers)
         config_platform = pulled.config.platform
@@ -117,20 +126,26 @@ def _pull_online(
     if isinstance(top, Manifest):
         recorded_platform = config_platform  # a plain manifest's platform is in its config
     record_image(store, name, recorded, platform=recorded_platform, source=source)
+    if remote is not None and (from_remote is None or client.bytes_received):  # it lacked some: fill it
+        remote.push_later(store, recorded, "docker", name, ref)
     report = PullReport(name, str(recorded.digest), str(recorded_platform) if recorded_platform else None, source)
     report.layers = layers
-    report.bytes_fetched = client.bytes_received
+    report.bytes_from_remote = remote.bytes_served - served if remote else 0
+    report.bytes_fetched = client.bytes_received + report.bytes_from_remote
     report.bytes_reused = sum(layer.size for layer in layers if layer.reused)
     report.requests = client.request_count
     return report
 
 
-def _child_manifest(store: BlobStore, client: RegistryClient, ref: ImageRef, descriptor: Descriptor) -> Manifest:
-    """A platform's manifest: from the store when there, else fetched by digest and checked."""
+def _child_manifest(
+    store: BlobStore, client: RegistryClient, ref: ImageRef, descriptor: Descriptor, remote: RemoteTier | None = None
+) -> Manifest:
+    """A platform's manifest: from the store when there, else fetched by digest (the remote first) and checked."""
     if store.has(descriptor.digest):
         raw = store.read_bytes(descriptor.digest)
     else:
-        raw, _ = client.get_manifest(ref.repository, str(descriptor.digest))
+        found = remote.manifest_by_digest(descriptor.digest) if remote else None
+        raw, _ = found or client.get_manifest(ref.repository, str(descriptor.digest))
         if sha256_of(raw) != descriptor.digest:
             raise DigestMismatch(f"manifest {descriptor.digest} of {ref}: content has digest {sha256_of(raw)}")
         if len(raw) != descriptor.size:

@@ -132,6 +132,8 @@ def config_command() -> None:
       max-size SIZE         the cache may hold SIZE of blobs (like 50G)
       min-free-space SIZE   keep SIZE free on the cache's file system
       keep-duration DUR     never evict an image used within DUR (like 7d)
+      remote REGISTRY/REPO  the team's remote tier, asked before the origin (docs/team-cache.md)
+      remote-mode MODE      read-write (default) or read-only (use the remote, never fill it)
 
     When a pull or warm leaves the cache over a limit, a `layerhoard prune --policy` starts in the
     background; the command that wrote does not wait for it.

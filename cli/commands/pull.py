@@ -18,6 +18,7 @@ from cache.sources.registry import DEFAULT_JOBS
 from cache.units import format_size
 from cache.warm import read_image_list, read_zarf_images, warm
 from cli.output import Context, pass_context
+from cli.remote import finish_remote, open_remote, remote_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,13 +57,13 @@ def pull_options(function: F) -> F:
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return remote_options(function)
 
 
 def _options(ctx: Context, platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
              docker_host: str | None, name: str | None = None) -> PullOptions:
     return PullOptions(_parse_platform(platform), all_platforms, jobs, insecure, offline, docker_host, name,
-                       _progress_factory(ctx))
+                       _progress_factory(ctx), None if offline else open_remote(ctx, insecure=insecure, jobs=jobs))
 
 
 def _summary(report: PullReport) -> str:
@@ -83,6 +84,7 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host, name)
     report = pull(ctx.store, source, options)
     ctx.result(report.to_json(), _summary(report))
+    finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
     apply_after_write(ctx.store, report.bytes_fetched)  # the standing prune policy, in the background
 
 
@@ -120,6 +122,7 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
                  f"fetched {format_size(result.bytes_fetched)}, reused {format_size(result.bytes_reused)} "
                  f"in {result.seconds:.2f}s")
     ctx.result(data, "\n".join(lines))
+    finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
     apply_after_write(ctx.store, result.bytes_fetched)  # the standing prune policy, in the background
     if result.failures:
         raise SystemExit(1)
