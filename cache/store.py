@@ -384,15 +384,22 @@ class BlobStore:
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            digest = hasher.digest
-            with self.lock(digest):
-                if self.has(digest):
-                    return digest, hasher.size, False
-                self._publish(temp, digest)
-                self.index.record_blob(digest, hasher.size, hasher.blake3, media_type, source)
-                return digest, hasher.size, True
+            written = self.adopt(temp, hasher.digest, hasher.size, hasher.blake3, media_type, source)
+            return hasher.digest, hasher.size, written
         finally:
             temp.unlink(missing_ok=True)
+
+    def adopt(
+        self, path: Path, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None
+    ) -> bool:
+        """Publish a complete, fsynced file under ``ingest/`` that the caller hashed while writing
+        it (``digest``, ``blake3``). True when published now, False when the blob was already there."""
+        with self.lock(digest):
+            if self.has(digest):
+                return False
+            self._publish(path, digest)
+            self.index.record_blob(digest, size, blake3, media_type, source)
+            return True
 
     def _publish(self, ingest_path: Path, digest: Digest) -> None:
         """Make checked bytes visible under their digest. Caller holds the digest's lock."""

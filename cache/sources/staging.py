@@ -169,14 +169,8 @@ class Staging:
 
     def publish(self, blob: StagedBlob, source: str) -> bool:
         """Make a staged blob visible under its digest. True when written now, False when already there."""
-        try:
-            with self.store.lock(blob.digest):
-                if self.store.has(blob.digest):
-                    return False
-                # The store's commit step; the bytes were hashed as they were written.
-                self.store._publish(blob.path, blob.digest)
-                self.store.index.record_blob(blob.digest, blob.size, blob.blake3, blob.media_type, source)
-                return True
+        try:  # the bytes were hashed as they were written
+            return self.store.adopt(blob.path, blob.digest, blob.size, blob.blake3, blob.media_type, source)
         finally:
             blob.path.unlink(missing_ok=True)
 
