@@ -55,7 +55,3 @@ def export_command(ctx: Context, src: str, dst: str, compression: str, platform:
         click.echo(json.dumps(data, indent=2, sort_keys=True) if ctx.json else text, err=True)
         return
     ctx.result(data, text)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(export_command)

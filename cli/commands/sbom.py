@@ -56,7 +56,3 @@ def sbom_command(ctx: Context, source: str, format_name: str, output: str | None
     else:
         ctx.log(f"{sbom.ref}: {len(sbom.packages)} packages; {len(sbom.layers)} layers: "
                 f"{sbom.layers_scanned} scanned, {sbom.layers_cached} from the SBOM cache ({sbom.seconds:.2f}s)")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(sbom_command)

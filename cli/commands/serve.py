@@ -34,7 +34,3 @@ def serve_command(ctx: Context, listen: str, default_registry: str, upstreams: t
         pass
     finally:
         server.server_close()
-
-
-def register(group: click.Group) -> None:
-    group.add_command(serve_command)
