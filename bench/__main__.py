@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "daemon": ("bench.daemon", "daemon images against docker save, cold and cached"),
     "sbom": ("bench.sbom", "cold and cached SBOM against plain decompression"),
     "serve": ("bench.serve", "serve against docker-registry, export against skopeo"),
+    "remote": ("bench.remote", "a second machine's pull from the remote tier against one from the origin"),
     "prune": ("bench.prune", "prune of 10,000 blobs / 500 images; the policy check's cost after a write"),
     "workload": ("bench.workload", "a Big-Bang-like build end to end against skopeo/docker save (issue 8)"),
 }

@@ -38,7 +38,7 @@ from cache.remote import INDEX_KEY, RemoteSpec, platform_key, remote_tag
 from cache.store import BlobStore
 
 # A remote that is down must cost seconds, not the origin's patient minutes of retries.
-REMOTE_RETRY = RetryPolicy(attempts=2, backoff=0.25, max_wait=2.0)
+REMOTE_RETRY = RetryPolicy(attempts=2, backoff=0.1, max_wait=2.0)
 REMOTE_TIMEOUT = urllib3.Timeout(connect=3, read=60)
 
 

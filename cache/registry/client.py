@@ -186,13 +186,15 @@ class RegistryClient:
                 if self._fallback_to_http and self.base_url.startswith("https://"):
                     self.base_url = "http://" + self.base_url[len("https://"):]
                     continue
-                time.sleep(self.retry.wait(attempt))
+                if attempt + 1 < self.retry.attempts:  # no wait after the last try: nothing follows it
+                    time.sleep(self.retry.wait(attempt))
                 continue
             if response.status in RETRY_STATUSES:
                 last_error = f"HTTP {response.status}"
                 wait = self.retry.wait(attempt, response.headers.get("Retry-After"))
                 _release(response)
-                time.sleep(wait)
+                if attempt + 1 < self.retry.attempts:
+                    time.sleep(wait)
                 continue
             return response
         raise SourceError(f"{self.registry}: {method} {path} failed after {self.retry.attempts} tries ({last_error})")
