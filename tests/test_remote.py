@@ -66,6 +66,12 @@ def test_second_machine_gets_every_blob_from_the_remote(tmp_path: Path, registry
     assert got == {image.config_digest, *(layer.digest for layer in image.layers)}
     assert not {r.method for r in remote.requests(remote_mark)} & UPLOADS  # B found it all: fills nothing
 
+    # export and sbom pull through the remote the same way.
+    origin_mark = registry.mark()
+    lh(tmp_path / "c", "export", ref, f"oci:{tmp_path / 'out'}:v1", "--remote", shared)
+    lh(tmp_path / "d", "sbom", ref, "--remote", shared, "-o", str(tmp_path / "sbom.json"))
+    assert registry.requests(origin_mark) == []
+
 
 def test_daemon_image_shared_by_name(tmp_path: Path, remote: Registry, dockerd: Daemon) -> None:
     image = build_image(tmp_path / "layout", [random_layer(400_000, 20), random_layer(200_000, 21)], tag="dev")

@@ -14,10 +14,14 @@ from cache.refs import RegistrySource, parse_source
 from cache.sinks import export, parse_destination
 from cache.sinks.transcode import COMPRESSIONS
 from cache.store import BlobStore
+from cache.tier import RemoteTier
 from cli.output import Context, pass_context
+from cli.remote import finish_remote, open_remote, remote_options
 
 
-def resolve_image(store: BlobStore, text: str, platform: Platform | None) -> CachedImage:
+def resolve_image(
+    store: BlobStore, text: str, platform: Platform | None, remote: RemoteTier | None = None
+) -> CachedImage:
     """The cached image SRC names, pulled through the cache when it is missing (or not a registry ref)."""
     source = parse_source(text)
     if isinstance(source, RegistrySource):
@@ -25,7 +29,7 @@ def resolve_image(store: BlobStore, text: str, platform: Platform | None) -> Cac
             return load_image(store, str(source.ref), platform)
         except ImageNotFound:
             pass
-    report = pull(store, source, PullOptions(platform=platform))
+    report = pull(store, source, PullOptions(platform=platform, remote=remote))
     return load_image(store, report.ref, platform)
 
 
@@ -35,6 +39,7 @@ def resolve_image(store: BlobStore, text: str, platform: Platform | None) -> Cac
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="keep", show_default=True,
               help="Layer compression of the output; transcoded layers are kept in the cache for next time.")
 @click.option("--platform", help="OS/ARCH[/VARIANT] to export from a multi-platform image (default: this host).")
+@remote_options
 @pass_context
 def export_command(ctx: Context, src: str, dst: str, compression: str, platform: str | None) -> None:
     """Write SRC (pulled through the cache if missing) to DST.
@@ -43,7 +48,9 @@ def export_command(ctx: Context, src: str, dst: str, compression: str, platform:
     docker-daemon:NAME:TAG.
     """
     destination = parse_destination(dst)  # a bad DST fails before any pull
-    image = resolve_image(ctx.store, src, Platform.parse(platform) if platform else None)
+    remote = open_remote(ctx)
+    image = resolve_image(ctx.store, src, Platform.parse(platform) if platform else None, remote)
+    finish_remote(ctx, remote)  # the pull's pushes to the remote end before the export writes
     report = export(ctx.store, image, dst, compression)
     data = report.to_json()
     transcoded = sum(1 for layer in report.layers if layer["transcoded"])

@@ -13,6 +13,7 @@ from cache.pull import PullOptions
 from cache.sbom import FORMATS, image_sbom, render
 from cache.sbom.source import image_for
 from cli.output import Context, pass_context
+from cli.remote import finish_remote, open_remote, remote_options
 
 
 @click.command("sbom")
@@ -25,6 +26,7 @@ from cli.output import Context, pass_context
 @click.option("--offline", is_flag=True, help="Use only what is cached; make no request.")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS (non-loopback).")
 @click.option("--docker-host", help="Docker daemon for docker-daemon: (default: DOCKER_HOST or context).")
+@remote_options
 @pass_context
 def sbom_command(ctx: Context, source: str, format_name: str, output: str | None, platform: str | None,
                  refresh: bool, offline: bool, insecure: bool, docker_host: str | None) -> None:
@@ -37,8 +39,10 @@ def sbom_command(ctx: Context, source: str, format_name: str, output: str | None
         wanted = Platform.parse(platform) if platform else None
     except LayerhoardError as error:
         raise click.BadParameter(str(error), param_hint="--platform") from None
-    options = PullOptions(platform=wanted, insecure=insecure, offline=offline, docker_host=docker_host)
+    options = PullOptions(platform=wanted, insecure=insecure, offline=offline, docker_host=docker_host,
+                          remote=None if offline else open_remote(ctx, insecure=insecure))
     image, pulled = image_for(ctx.store, source, options, refresh=refresh)
+    finish_remote(ctx, options.remote)
     sbom = image_sbom(image)
     document = render(sbom, format_name)
     if output:
