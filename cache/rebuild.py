@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def rebuild_index(store: BlobStore) -> RebuildResult:
     salvaged = _salvage(meta)
     with file_lock(store.locks_dir / "meta.lock"):
         if meta.exists():
-            result.moved_to = store.root / f"meta.broken-{int(time.time())}"
+            result.moved_to = store.root / f"meta.broken-{int(time.time())}-{uuid.uuid4().hex[:8]}"  # unique
             os.rename(meta, result.moved_to)
     index = store.index  # a new, empty one
     for key, value in salvaged:
