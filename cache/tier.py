@@ -162,7 +162,8 @@ class RemoteTier:
         resumes from the origin at the offset reached; the BlobPuller checks the whole blob.
         """
 
-        def fetch(descriptor, offset, on_chunk, on_restart):  # type: ignore[no-untyped-def]
+        def fetch(descriptor: Descriptor, offset: int, on_chunk: Callable[[bytes], None],
+                  on_restart: Callable[[], None]) -> int:
             if not self._down:
                 got = 0
 
@@ -194,7 +195,7 @@ class RemoteTier:
                 raise BlobNotFound(f"blob {descriptor.digest} is not in the remote {self.spec.name}")
             return origin(descriptor, offset, on_chunk, on_restart)
 
-        return fetch  # type: ignore[no-any-return]
+        return fetch
 
     # -- filling -------------------------------------------------------------------------------
     def push_later(self, store: BlobStore, top: Manifest | Index, kind: str, name: str,
