@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, cast
 
 import zstandard
 from isal import igzip
@@ -21,12 +21,12 @@ from isal import igzip
 _CHUNK = 1 << 20
 
 
-def opened(path: Path, media_type: str) -> BinaryIO:
+def opened(path: Path, media_type: str) -> IO[bytes]:
     raw = open(path, "rb")  # noqa: SIM115 - the caller closes the decompressing wrapper, which closes this
     if media_type.endswith("gzip"):
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-any-return]
+        return cast(IO[bytes], igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
     if media_type.endswith("zstd"):
-        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[no-any-return]
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     return raw
 
 
