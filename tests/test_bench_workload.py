@@ -20,8 +20,8 @@ from tests.images import build_image, random_layer, sha256
 from tests.services import Daemon, Registry, skopeo
 
 
-def tiny_spec(apps: int = 3, daemon_apps: int = 1) -> Spec:
-    return Spec(scale=4 << 20, apps=apps, daemon_apps=daemon_apps, prefix=f"wl{uuid.uuid4().hex[:8]}")
+def tiny_spec(apps: int = 3, daemon_apps: int = 1, big: int = 0) -> Spec:
+    return Spec(scale=4 << 20, apps=apps, daemon_apps=daemon_apps, prefix=f"wl{uuid.uuid4().hex[:8]}", big=big)
 
 
 def test_real_files_stop_at_the_cap() -> None:
@@ -56,9 +56,12 @@ def test_measure_counts_the_whole_trees_writes_and_memory(tmp_path: Path) -> Non
 @pytest.mark.daemon
 @pytest.mark.slow
 def test_generator_places_a_shared_base_set(registry: Registry, dockerd: Daemon, tmp_path: Path) -> None:
-    spec = tiny_spec()
+    spec = tiny_spec(big=1 << 20)
     generator = Generator(spec, tmp_path, registry, dockerd)
     workload = generator.build()
+    big = workload.images.pop()  # the single-layer image of --big, `docker import`ed
+    assert big.name.endswith("/big:1") and big.where == "daemon" and len(big.diff_ids) == 1
+    assert workload.layer_sizes[big.diff_ids[0]] == 1 << 20
     assert len(workload.images) == 3 + spec.apps
     assert [i.where for i in workload.images].count("daemon") == spec.daemon_apps
     bases = {image.name: image for image in workload.images if not image.base}

@@ -253,6 +253,9 @@ class Generator:
         rng = random.Random(7)
 
         class Random(io.RawIOBase):
+            def readable(self) -> bool:
+                return True
+
             def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
                 data = rng.randbytes(min(len(buffer), _PIECE))
                 buffer[: len(data)] = data
