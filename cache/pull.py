@@ -18,8 +18,7 @@ from cache.model import Platform
 from cache.progress import ProgressFactory, no_progress
 from cache.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
 from cache.report import PullReport
-from cache.sources.layout import pull_from_layout
-from cache.sources.registry import DEFAULT_JOBS, RegistryPullOptions, pull_from_registry
+from cache.sources import DEFAULT_JOBS
 from cache.stats import record_pull
 from cache.store import BlobStore, DiskFull, disk_full
 
@@ -64,8 +63,12 @@ def pull(store: BlobStore, source: Source | str, options: PullOptions | None = N
 
 
 def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    # Each source's module is imported when used: `sbom` or `export` of a cached image then never
+    # loads the HTTP client, and `pull oci:` never loads docker-py.
     remote = None if options.offline else options.remote
     if isinstance(source, RegistrySource):
+        from cache.sources.registry import RegistryPullOptions, pull_from_registry
+
         registry_options = RegistryPullOptions(options.platform, options.all_platforms, options.jobs,
                                                options.insecure, options.offline, options.progress, remote)
         if remote is not None:
@@ -74,6 +77,8 @@ def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
             return pull_registry_via_remote(store, source.ref, registry_options)
         return pull_from_registry(store, source.ref, registry_options)
     if isinstance(source, LayoutSource):
+        from cache.sources.layout import pull_from_layout
+
         return pull_from_layout(store, source, platform=options.platform, name=options.name,
                                 jobs=options.jobs, progress=options.progress)
     if isinstance(source, DaemonSource):

@@ -7,15 +7,17 @@ command changes none of its parameters: the command asks :func:`open_remote` for
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from cache.errors import InvalidReference
 from cache.policy import ConfigError, load_config
 from cache.remote import parse_remote
-from cache.tier import RemoteTier, warn_on_stderr
 from cli.output import Context
+
+if TYPE_CHECKING:  # the tier brings the HTTP client: loaded only when a remote is in use
+    from cache.tier import RemoteTier
 
 F = TypeVar("F", bound=Callable[..., Any])
 _META = "layerhoard.remote"
@@ -51,6 +53,8 @@ def open_remote(ctx: Context, *, insecure: bool = False, jobs: int = 4) -> Remot
         config = load_config(ctx.store.root)
     except ConfigError as error:
         if not given.get("remote"):
+            from cache.tier import warn_on_stderr
+
             warn_on_stderr(f"remote not used: {error}")  # a broken config never fails a pull
             return None
         config = {}
@@ -62,6 +66,8 @@ def open_remote(ctx: Context, *, insecure: bool = False, jobs: int = 4) -> Remot
         spec = parse_remote(text, read_only)
     except InvalidReference as error:
         raise click.BadParameter(str(error), param_hint="--remote") from None
+    from cache.tier import RemoteTier
+
     return RemoteTier(spec, insecure=insecure, jobs=jobs)  # its one warning shows even with -q
 
 

@@ -20,12 +20,12 @@ from cache.pulling import BlobPuller
 from cache.refs import ImageRef
 from cache.registry.client import RegistryClient
 from cache.report import LayerReport, PullReport
+from cache.sources import DEFAULT_JOBS
 from cache.store import BlobStore
 
 if TYPE_CHECKING:
     from cache.tier import RemoteTier
 
-DEFAULT_JOBS = 4  # enough to fill a link to a registry; more mostly adds contention on 2 cores
 
 
 @dataclass

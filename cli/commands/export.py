@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,9 +15,11 @@ from cache.refs import RegistrySource, parse_source
 from cache.sinks import export, parse_destination
 from cache.sinks.transcode import COMPRESSIONS
 from cache.store import BlobStore
-from cache.tier import RemoteTier
 from cli.output import Context, pass_context
 from cli.remote import finish_remote, open_remote, remote_options
+
+if TYPE_CHECKING:
+    from cache.tier import RemoteTier
 
 
 def resolve_image(

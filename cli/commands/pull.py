@@ -14,7 +14,7 @@ from cache.policy import apply_after_write
 from cache.progress import NoProgress, Progress, ProgressFactory
 from cache.pull import PullOptions, pull
 from cache.report import PullReport
-from cache.sources.registry import DEFAULT_JOBS
+from cache.sources import DEFAULT_JOBS
 from cache.units import format_size
 from cache.warm import read_image_list, read_zarf_images, warm
 from cli.output import Context, pass_context

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cache.prune import resolve_ref
-from cache.sources.registry import DEFAULT_JOBS
+from cache.sources import DEFAULT_JOBS
 from cache.store import REF_NAME, BlobStore
 from cache.tier import PushSummary, push_cached
 from cli.output import Context, pass_context
