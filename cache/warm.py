@@ -75,3 +75,42 @@ def warm(store: BlobStore, sources: list[str], options: PullOptions) -> WarmResu
             result.failures.append((source, str(error)))
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def sbom_file_name(ref: str, format_name: str) -> str:
+    """A file name for an image's SBOM: its reference with path-unsafe characters replaced."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in ref)
+    return f"{safe}.{format_name.replace('-json', '')}.json"
+
+
+def package(
+    store: BlobStore,
+    reports: list[PullReport],
+    *,
+    export_to: str | None,
+    sbom_dir: Path | None,
+    sbom_format: str = "spdx-json",
+) -> list[dict[str, object]]:
+    """The rest of a packaging build, in this process: every warmed image exported into one OCI
+    layout and/or its SBOM written, so a cached build costs no process start-up per image."""
+    from cache.fsutil import write_atomic
+    from cache.images import load_image
+    from cache.sbom import image_sbom, render
+    from cache.sinks import export
+
+    done: list[dict[str, object]] = []
+    if sbom_dir is not None:
+        sbom_dir.mkdir(parents=True, exist_ok=True)
+    for report in reports:
+        image = load_image(store, report.ref)
+        entry: dict[str, object] = {"ref": report.ref}
+        if export_to is not None:
+            entry["export"] = export(store, image, export_to, "keep").to_json()
+        if sbom_dir is not None:
+            sbom = image_sbom(image)
+            path = sbom_dir / sbom_file_name(report.ref, sbom_format)
+            write_atomic(path, render(sbom, sbom_format).encode())
+            entry["sbom"] = {"path": str(path), "packages": len(sbom.packages),
+                             "layers_scanned": sbom.layers_scanned, "layers_cached": sbom.layers_cached}
+        done.append(entry)
+    return done

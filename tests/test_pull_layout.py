@@ -18,7 +18,7 @@ from cache.model import compression_of
 from cache.pull import pull
 from cache.warm import read_image_list, read_zarf_images
 from tests.images import build_image, push, random_layer
-from tests.services import Registry
+from tests.services import Registry, skopeo
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "hello"
 
@@ -125,3 +125,24 @@ def test_warm_from_zarf_against_the_registry(registry: Registry, tmp_path: Path)
     assert len(registry.blob_requests(mark)) == 2 + 2 + 1  # two configs, two app layers, the base once
     missing = cli(tmp_path / "cache", "warm")
     assert missing.returncode == 2 and "name images to warm" in missing.stderr
+
+
+def test_warm_does_the_whole_packaging_step(registry: Registry, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "img", [random_layer(100_000, 50), random_layer(20_000, 51)], tag="1")
+    ref = push(image.layout, "1", registry, "warm/package:1")
+    args = ["--json", "warm", ref, f"oci:{EXAMPLE}:1.0", "--export", f"oci:{tmp_path / 'out'}",
+            "--sbom-dir", str(tmp_path / "sboms")]
+    first = cli(tmp_path / "cache", *args)
+    assert first.returncode == 0, first.stderr
+    packaged = json.loads(first.stdout)["packaged"]
+    assert [p["ref"] for p in packaged] == [ref, "localhost/hello:1.0"]
+    for entry in packaged:
+        inspected = skopeo("inspect", "--raw", f"oci:{tmp_path / 'out'}:{entry['ref']}").stdout
+        assert json.loads(inspected)["layers"]
+        assert json.loads(Path(entry["sbom"]["path"]).read_text())["spdxVersion"] == "SPDX-2.3"
+    mark = registry.mark()
+    again = json.loads(cli(tmp_path / "cache", *args).stdout)["packaged"]
+    assert registry.blob_requests(mark) == []
+    assert all(entry["sbom"]["layers_scanned"] == 0 for entry in again)
+    bad = cli(tmp_path / "cache", "warm", ref, "--export", f"docker-archive:{tmp_path / 'x.tar'}")
+    assert bad.returncode == 2 and "give oci:DIR" in bad.stderr

@@ -16,7 +16,7 @@ from cache.pull import PullOptions, pull
 from cache.report import PullReport
 from cache.sources import DEFAULT_JOBS
 from cache.units import format_size
-from cache.warm import read_image_list, read_zarf_images, warm
+from cache.warm import package, read_image_list, read_zarf_images, warm
 from cli.output import Context, pass_context
 from cli.remote import finish_remote, open_remote, remote_options
 
@@ -94,12 +94,25 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
               help="A file with one image per line.")
 @click.option("--from-zarf", type=click.Path(dir_okay=False, path_type=Path),
               help="Warm every image a zarf.yaml lists.")
+@click.option("--export", "export_to", metavar="oci:DIR",
+              help="Then export every image into this one OCI layout (tagged by its name).")
+@click.option("--sbom-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Then write every image's SBOM into this folder.")
+@click.option("--sbom-format", type=click.Choice(["spdx-json", "cyclonedx-json", "json"]), default="spdx-json",
+              show_default=True, help="Format of the --sbom-dir documents.")
 @pull_options
 @pass_context
 def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None, from_zarf: Path | None,
+                 export_to: str | None, sbom_dir: Path | None, sbom_format: str,
                  platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
                  docker_host: str | None) -> None:
-    """Pull many images at once; shared layers are fetched once."""
+    """Pull many images at once; shared layers are fetched once.
+
+    With --export and --sbom-dir it does a packaging build's whole image step in one process: pull
+    every image, export them into one OCI layout, write their SBOMs.
+    """
+    if export_to is not None and not export_to.startswith("oci:"):
+        raise click.BadParameter("warm exports into one OCI layout: give oci:DIR", param_hint="--export")
     wanted = list(sources)
     if list_file:
         wanted += read_image_list(list_file)
@@ -109,8 +122,11 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
         raise click.UsageError("name images to warm, or give -f FILE or --from-zarf ZARF_YAML")
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host)
     result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
+    packaged = package(ctx.store, result.reports, export_to=export_to, sbom_dir=sbom_dir,
+                       sbom_format=sbom_format) if export_to or sbom_dir else []
     data = {
         "images": [r.to_json() for r in result.reports],
+        "packaged": packaged,
         "failed": [{"source": s, "error": e} for s, e in result.failures],
         "bytes_fetched": result.bytes_fetched,
         "bytes_reused": result.bytes_reused,
@@ -121,13 +137,11 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
     lines.append(f"warmed {len(result.reports)} images ({len(result.failures)} failed): "
                  f"fetched {format_size(result.bytes_fetched)}, reused {format_size(result.bytes_reused)} "
                  f"in {result.seconds:.2f}s")
+    if packaged:
+        lines.append(f"packaged {len(packaged)} images" + (f", exported to {export_to}" if export_to else "")
+                     + (f", SBOMs in {sbom_dir}" if sbom_dir else ""))
     ctx.result(data, "\n".join(lines))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
     apply_after_write(ctx.store, result.bytes_fetched)  # the standing prune policy, in the background
     if result.failures:
         raise SystemExit(1)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(pull_command)
-    group.add_command(warm_command)
