@@ -89,13 +89,12 @@ class PathRun:
 class Runner:
     def __init__(self, workload: Workload, registry: Registry, daemon: Daemon, workdir: Path) -> None:
         self.workload, self.registry, self.daemon, self.work = workload, registry, daemon, workdir
-        self.cache = workdir / "cache"
         self.skopeo_layout = workdir / "skopeo-oci"
         self.env = {"DOCKER_HOST": daemon.host}
         self.save_sizes: dict[str, int] = {}  # image name or ID → its `docker save` size
         self.runs: list[PathRun] = []
 
-    # -- the three paths ------------------------------------------------------------------
+    # -- the paths ----------------------------------------------------------------------
 
     def docker_save(self, scenario: str) -> PathRun:
         run = PathRun(scenario, "docker save")
