@@ -1,10 +1,10 @@
 """The Zarf-style packaging build, end to end: layerhoard against skopeo/docker, in one run.
 
-    python -m bench workload [--scale 3G] [--apps 17] [--daemon-apps 7] [--big 20G] [--out FILE]
+    python -m bench workload [--scale 2G] [--apps 17] [--daemon-apps 7] [--big 20G] [--out FILE]
                              [--workdir DIR] [--keep]
 
 The generator (generator.py) builds the image set into a private docker-registry and a private
-dockerd. Then three scenarios, each done by three paths on the same machine in the same run:
+dockerd. Then three scenarios, each done by every path on the same machine in the same run:
 
   cold        empty cache, new output layout
   cached      the same build again, nothing changed
@@ -12,6 +12,8 @@ dockerd. Then three scenarios, each done by three paths on the same machine in t
 
   layerhoard  `warm` every image (registry refs and docker-daemon: refs), `export SRC oci:OUT:TAG`
               per image into a new layout for each scenario, `sbom SRC -o FILE` per image
+  layerhoard warm --export --sbom-dir
+              the same build step in one process, on a cache of its own
   skopeo      `skopeo copy` per image into one OCI layout (docker:// and docker-daemon:), which it
               keeps across scenarios (its only reuse); then the SBOM STAND-IN (standin.py: every
               layer of every image decompressed, a lower bound for a scanner; syft is not
@@ -48,6 +50,7 @@ from tests.services import Daemon, Registry
 
 LAYERHOARD = [sys.executable, "-m", "cli.main"]
 SCENARIOS = ("cold", "cached", "one-layer")
+ONE_PROCESS = "layerhoard warm --export --sbom-dir"
 _ACCESS = re.compile(r'"(GET|HEAD) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
 
 
@@ -124,11 +127,11 @@ class Runner:
     def layerhoard(self, scenario: str, one_process: bool = False) -> PathRun:
         """The build script: one `warm`, then one `export` and one `sbom` process per image.
 
-        With ``one_process`` the very same commands run through click in two interpreters (one for
-        warm + exports, one for the SBOMs), on a cache of their own: start-up paid twice, not 41 times.
+        With ``one_process``: `warm --export oci:OUT --sbom-dir DIR`, the same build step in one
+        process (layerhoard's own batch form), on a cache of its own.
         """
-        name = "layerhoard-2proc" if one_process else "layerhoard"
-        run = PathRun(scenario, "layerhoard, 2 processes" if one_process else "layerhoard")
+        name = "layerhoard-1proc" if one_process else "layerhoard"
+        run = PathRun(scenario, ONE_PROCESS if one_process else "layerhoard")
         cache = self.work / f"cache-{name}"
         out, sboms = self.work / f"oci-{name}-{scenario}", self.work / f"sbom-{name}-{scenario}"
         shutil.rmtree(out, ignore_errors=True)
@@ -136,22 +139,21 @@ class Runner:
         sboms.mkdir(parents=True)
         blobs_before = cache_blobs(cache)
         common = ["--cache-dir", str(cache), "-q"]
-        warm = [*common, "warm", *(image.ref for image in self.workload.images), "--docker-host", self.daemon.host]
-        exports = [[*common, "export", image.ref, f"oci:{out}:{image.tag}"] for image in self.workload.images]
-        sbom = [[*common, "sbom", image.ref, "-o", str(sboms / f"{image.tag}.spdx.json")]
-                for image in self.workload.images]
+        warm = [*common, "--json", "warm", *(image.ref for image in self.workload.images),
+                "--docker-host", self.daemon.host]
         helpers = [self.daemon.process.pid]
         if one_process:
-            driver = [sys.executable, "-m", "bench.workload.oneprocess"]
-            run.add(measure([*driver, json.dumps([warm, *exports])], self.env, helpers), "warm + exports")
-            run.add(measure([*driver, json.dumps(sbom)], self.env, helpers), "sbom")
+            warmed = run.add(measure([*LAYERHOARD, *warm, "--export", f"oci:{out}", "--sbom-dir", str(sboms)],
+                                     self.env, helpers), "warm --export --sbom-dir")
         else:
-            warmed = run.add(measure([*LAYERHOARD, "--json", *warm], self.env, helpers), "warm")
-            run.reported_fetched = int(json.loads(warmed.stdout)["bytes_fetched"])
-            for argv in exports:
-                run.add(measure([*LAYERHOARD, *argv], self.env, helpers), "export")
-            for argv in sbom:
-                run.add(measure([*LAYERHOARD, *argv], self.env, helpers), "sbom")
+            warmed = run.add(measure([*LAYERHOARD, *warm], self.env, helpers), "warm")
+            for image in self.workload.images:
+                run.add(measure([*LAYERHOARD, *common, "export", image.ref, f"oci:{out}:{image.tag}"],
+                                self.env, helpers), "export")
+            for image in self.workload.images:
+                run.add(measure([*LAYERHOARD, *common, "sbom", image.ref, "-o", str(sboms / f"{image.tag}.spdx.json")],
+                                self.env, helpers), "sbom")
+        run.reported_fetched = int(json.loads(warmed.stdout)["bytes_fetched"])
         run.new_blobs = cache_blobs(cache) - blobs_before
         return run
 
@@ -192,7 +194,7 @@ class Runner:
         registry_mark, daemon_mark = self.registry.mark(), self.daemon.mark()
         paths: dict[str, Callable[[str], PathRun]] = {
             "docker save": self.docker_save, "skopeo": self.skopeo, "layerhoard": self.layerhoard,
-            "layerhoard-2proc": functools.partial(self.layerhoard, one_process=True)}
+            "layerhoard-1proc": functools.partial(self.layerhoard, one_process=True)}
         run = paths[path](scenario)
         run.registry_bytes, run.blob_gets, run.blob_bytes = self.registry_reads(registry_mark)
         run.saved_images = self.saved_names(daemon_mark)
@@ -203,7 +205,7 @@ class Runner:
 
     def scenario(self, name: str) -> list[PathRun]:
         # docker save first: it measures each daemon image's save size that the others are charged with
-        return [self.observed(name, path) for path in ("docker save", "skopeo", "layerhoard", "layerhoard-2proc")]
+        return [self.observed(name, path) for path in ("docker save", "skopeo", "layerhoard", "layerhoard-1proc")]
 
 
 def cache_blobs(cache: Path) -> int:
@@ -223,9 +225,9 @@ def table(runs: list[PathRun]) -> str:
         baseline = next(r for r in runs if r.scenario == run.scenario and r.path.startswith("skopeo"))
         ratio = f"{run.wall / baseline.wall:.3f}x" if run.path != "docker save" else "(daemon images only)"
         speedup = f" ({baseline.wall / run.wall:.1f}x faster)" if run.path.startswith("layerhoard") else ""
+        sbom = f"{run.sbom_seconds:.2f} s" if run.sbom_seconds else "(included)" if run.path == ONE_PROCESS else "-"
         rows.append([
-            run.scenario, run.path, f"{run.layout_seconds:.2f} s",
-            f"{run.sbom_seconds:.2f} s" if run.sbom_seconds else "-", f"{run.wall:.2f} s", ratio + speedup,
+            run.scenario, run.path, f"{run.layout_seconds:.2f} s", sbom, f"{run.wall:.2f} s", ratio + speedup,
             f"{mb(run.registry_bytes)}, {run.blob_gets} blob GETs ({mb(run.blob_bytes)})",
             f"{mb(run.daemon_bytes)}, {run.saves} saves", mb(run.written), f"{run.peak_rss / 1e6:.0f} MB",
         ])
@@ -236,7 +238,7 @@ def table(runs: list[PathRun]) -> str:
 def targets(runs: list[PathRun], changed: WorkImage) -> list[tuple[str, bool, str]]:
     """Each target of issue 8: (what, holds, the figures behind it)."""
     def get(scenario: str, path: str) -> PathRun:
-        return next(r for r in runs if r.scenario == scenario and r.path.split(" ")[0] == path)
+        return next(r for r in runs if r.scenario == scenario and (r.path == path or r.path.startswith(f"{path} +")))
 
     cold, cold_base = get("cold", "layerhoard"), get("cold", "skopeo")
     cached, cached_base = get("cached", "layerhoard"), get("cached", "skopeo")
@@ -319,7 +321,7 @@ def run_all(spec: Spec, workdir: Path, registry: Registry, daemon: Daemon,
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench workload", description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="3G", help="total uncompressed size aimed at (default 3G)")
+    parser.add_argument("--scale", default="2G", help="total uncompressed size aimed at (default 2G)")
     parser.add_argument("--apps", type=int, default=17, help="application images (plus 3 bases)")
     parser.add_argument("--daemon-apps", type=int, default=7, help="apps that exist only in the daemon")
     parser.add_argument("--big", default="0", help="add a single-layer daemon image of this size (e.g. 20G)")
