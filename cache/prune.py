@@ -32,7 +32,7 @@ from cache.fsutil import file_lock
 from cache.images import blobs_of
 from cache.lifecycle import in_use, sweep
 from cache.refs import DaemonSource, ImageRef, RegistrySource, parse_source
-from cache.store import REF_NAME, BlobStore
+from cache.store import BlobStore, ref_name_of
 
 DEFAULT_PRUNE_GRACE = 600.0  # a pull that stored blobs 10 minutes ago and has not recorded them is dead
 # A pull touches its blobs just before or just after recording its image; only a use clearly after
@@ -106,7 +106,7 @@ def resolve_ref(store: BlobStore, text: str) -> str:
     """The index.json name ``text`` means: as written (``ls`` names), else normalised the way pull
     records it (``alpine`` → ``docker.io/library/alpine:latest``, ``docker-daemon:app:1`` →
     ``docker.io/library/app:1``). Raises ImageNotFound for an image that is not cached."""
-    stored = {_ref_name(entry) for entry in store.images()}
+    stored = {(ref_name_of(entry) or "") for entry in store.images()}
     for candidate in _candidates(text):
         if candidate in stored:
             return candidate
@@ -129,11 +129,6 @@ def _candidates(text: str) -> Iterator[str]:
             yield str(ImageRef.parse(source.name))
 
 
-def _ref_name(entry: dict[str, object]) -> str:
-    annotations = entry.get("annotations")
-    return str(annotations.get(REF_NAME, "")) if isinstance(annotations, dict) else ""
-
-
 # -- planning ------------------------------------------------------------------------------------
 def blob_sizes(store: BlobStore) -> dict[Digest, int]:
     sizes: dict[Digest, int] = {}
@@ -154,7 +149,7 @@ def free_space(store: BlobStore) -> int:
 def _entries(store: BlobStore, known: dict[Digest, set[Digest]]) -> list[ImageEntry]:
     out = []
     for entry in store.images():
-        ref = _ref_name(entry)
+        ref = (ref_name_of(entry) or "")
         try:
             digest = parse_digest(entry.get("digest"))  # type: ignore[arg-type]
         except InvalidDigest:
@@ -250,7 +245,7 @@ def apply_prune(store: BlobStore, plan: PrunePlan, known: dict[Digest, set[Diges
     with store.index_json_lock():
         kept, evicted = [], []
         for entry in store.images():
-            ref = _ref_name(entry)
+            ref = (ref_name_of(entry) or "")
             image = planned.get(ref)
             record = store.index.image(ref) or {}
             used_since = float(record.get("last_used") or 0) > image["last_used"] if image else False

@@ -438,8 +438,7 @@ class BlobStore:
 
     def image_descriptor(self, ref: str) -> dict[str, object] | None:
         for entry in self.images():
-            annotations = entry.get("annotations")
-            if isinstance(annotations, dict) and annotations.get(REF_NAME) == ref:
+            if ref_name_of(entry) == ref:
                 return entry
         return None
 
@@ -459,15 +458,15 @@ class BlobStore:
             current = self.images()
             if entry in current:
                 return  # already named so: a cached pull rewrites (and fsyncs) nothing
-            entries = [e for e in current if _ref_name(e) != ref]
+            entries = [e for e in current if ref_name_of(e) != ref]
             entries.append(entry)
-            entries.sort(key=lambda e: _ref_name(e) or "")
+            entries.sort(key=lambda e: ref_name_of(e) or "")
             self._write_index_json(entries)
 
     def remove_image(self, ref: str) -> bool:
         with file_lock(self.locks_dir / "index.json.lock"):
             entries = self.images()
-            kept = [e for e in entries if _ref_name(e) != ref]
+            kept = [e for e in entries if ref_name_of(e) != ref]
             if len(kept) == len(entries):
                 return False
             self._write_index_json(kept)
@@ -527,7 +526,7 @@ class BlobStore:
         return target
 
 
-def _ref_name(entry: dict[str, object]) -> str | None:
+def ref_name_of(entry: dict[str, object]) -> str | None:
     annotations = entry.get("annotations")
     if isinstance(annotations, dict):
         name = annotations.get(REF_NAME)

@@ -16,7 +16,7 @@ from cache.model import MAX_MANIFEST_BYTES, Index, Platform, parse_manifest_or_i
 from cache.refs import ImageRef
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
-from cache.store import BlobStore, _ref_name
+from cache.store import BlobStore, ref_name_of
 
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 
@@ -90,7 +90,7 @@ def accepted_types(headers: list[str]) -> list[str]:
 def _stored_refs(store: BlobStore) -> list[ImageRef]:
     refs = []
     for entry in store.images():
-        name = _ref_name(entry)
+        name = ref_name_of(entry)
         if not name:
             continue
         try:

@@ -23,7 +23,7 @@ from cache.digest import Digest
 from cache.errors import LayerhoardError
 from cache.fsutil import fsync_dir, replacing, write_atomic
 from cache.model import OCI_INDEX, Descriptor
-from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore, _ref_name
+from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore, ref_name_of
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _name_in_index(path: Path, manifest: Descriptor, ref_name: str) -> bool:
         raise LayerhoardError(f"{path} has no manifests list; not touching that layout")
     entry = manifest.to_json()
     entry["annotations"] = {**manifest.annotations, REF_NAME: ref_name}
-    others = [e for e in entries if not (isinstance(e, dict) and _ref_name(e) == ref_name)]
+    others = [e for e in entries if not (isinstance(e, dict) and ref_name_of(e) == ref_name)]
     if len(others) == len(entries) - 1 and entry in entries:
         return False
     document["manifests"] = [*others, entry]

@@ -13,7 +13,7 @@ from cache.lifecycle import gc as run_gc
 from cache.lifecycle import usage
 from cache.prune import blob_sizes
 from cache.rebuild import rebuild_index as rebuild_store_index
-from cache.store import REF_NAME, BlobStore
+from cache.store import BlobStore, ref_name_of
 from cache.units import format_size, parse_duration
 from cli.output import Context, pass_context
 
@@ -33,8 +33,7 @@ def ls_command(ctx: Context) -> None:
     sizes = blob_sizes(store)
     rows = []
     for entry in store.images():
-        annotations = entry.get("annotations")
-        ref = str(annotations.get(REF_NAME, "")) if isinstance(annotations, dict) else ""
+        ref = ref_name_of(entry) or ""
         record = store.index.image(ref) or {}
         size = _image_size(store, entry.get("digest"), sizes)
         rows.append({
