@@ -138,8 +138,3 @@ def gc_command(ctx: Context, grace: str, dry_run: bool, rebuild_index: bool) -> 
     text = (f"{verb} {len(result.removed_blobs)} orphan blobs ({format_size(result.freed_bytes)}), "
             f"{result.removed_ingest} partial writes, {result.removed_locks} lock files")
     ctx.result(data, text)
-
-
-def register(group: click.Group) -> None:
-    for command in (ls_command, du_command, verify_command, gc_command):
-        group.add_command(command)
