@@ -15,6 +15,7 @@ Keys, one namespace each:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -103,6 +104,11 @@ class MetadataIndex:
                 if record is not None:
                     record["last_used"] = now
                     self._set(f"blob/{digest}", record)
+
+    def batch(self) -> contextlib.AbstractContextManager[object]:
+        """One write transaction around many updates (a sweep deleting thousands of blobs pays
+        one commit instead of one per blob); other writers wait, readers do not."""
+        return self._cache.transact(retry=True)  # type: ignore[no-any-return]
 
     def drop_blob(self, digest: Digest) -> None:
         """Forget a blob and every diff_id pair that names it."""

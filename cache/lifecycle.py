@@ -103,15 +103,16 @@ def sweep(store: BlobStore, candidates: list[tuple[Digest, float]],
     skipped, never waited for."""
     live = live_blobs(store, known)
     removed = []
-    for digest, cutoff in candidates:
-        if digest in live or in_use(store, digest, cutoff):
-            continue
-        try:
-            size = store.path(digest).stat().st_size
-        except FileNotFoundError:
-            continue
-        if store.delete(digest, wait=False):
-            removed.append((digest, size))
+    with store.index.batch():
+        for digest, cutoff in candidates:
+            if digest in live or in_use(store, digest, cutoff):
+                continue
+            try:
+                size = store.path(digest).stat().st_size
+            except FileNotFoundError:
+                continue
+            if store.delete(digest, wait=False):
+                removed.append((digest, size))
     return removed
 
 
