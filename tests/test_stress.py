@@ -1,5 +1,5 @@
 """Eight processes pull (registry and daemon), scan, export, prune and gc at random on one cache for
-LAYERHOARD_STRESS_SECONDS (default 90). Afterwards the store is sound, every listed image is
+LAYERHOARD_STRESS_SECONDS (default 180). Afterwards the store is sound, every listed image is
 complete, and the only failures were clean "evicted, pull again" errors that the next call recovers from."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.lifecycle_support import REPO_ROOT, Pushed, assert_store_sound, push_
 from tests.services import Daemon, Registry
 
 pytestmark = [pytest.mark.registry, pytest.mark.daemon, pytest.mark.slow]
-SECONDS = float(os.environ.get("LAYERHOARD_STRESS_SECONDS", "90"))
+SECONDS = float(os.environ.get("LAYERHOARD_STRESS_SECONDS", "180"))
 WORKERS = 8
 # What a command may say when prune or gc removed what it was using: all mean "fetch it again".
 EVICTED = re.compile(r"evicted while in use|evicted from the cache while in use; fetch it again|"
