@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +125,8 @@ def apply_after_write(store: BlobStore, wrote_bytes: int) -> bool:
             return False  # a prune is running: it will see this write's bytes too
     command = [sys.executable, "-m", "cli.main", "--cache-dir", str(store.root), "-q", "prune", "--policy"]
     with contextlib.suppress(OSError):
+        import subprocess  # only when a prune must start: keeps every pull's start-up shorter
+
         subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, close_fds=True)
         return True

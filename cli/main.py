@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -69,6 +68,8 @@ class LayerhoardGroup(click.Group):
 def _fail(ctx: click.Context, message: str) -> None:
     obj = ctx.find_object(Context)
     if obj is not None and obj.verbose:
+        import traceback  # only with -v: keeps every command's start-up shorter
+
         traceback.print_exc()
     click.echo(f"layerhoard: error: {message}", err=True)
     sys.exit(1)
