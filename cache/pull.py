@@ -69,8 +69,10 @@ def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
     if isinstance(source, RegistrySource):
         from cache.sources.registry import RegistryPullOptions, pull_from_registry
 
-        registry_options = RegistryPullOptions(options.platform, options.all_platforms, options.jobs,
-                                               options.insecure, options.offline, options.progress, remote)
+        registry_options = RegistryPullOptions(
+            platform=options.platform, all_platforms=options.all_platforms, jobs=options.jobs,
+            insecure=options.insecure, offline=options.offline, progress=options.progress, remote=remote,
+        )
         if remote is not None:
             from cache.sources.remote import pull_registry_via_remote
 
