@@ -21,18 +21,29 @@ from pathlib import Path
 
 from cache.errors import LayerhoardError
 from cache.fsutil import file_lock, write_atomic
-from cache.remote import check_mode, check_remote
 from cache.store import BlobStore
 from cache.units import parse_duration, parse_size
 
 CONFIG_FILE = "config.json"
+def _check_remote(value: str) -> str:
+    from cache.remote import check_remote  # here, not at the top: every pull loads this module
+
+    return check_remote(value)
+
+
+def _check_remote_mode(value: str) -> str:
+    from cache.remote import check_mode
+
+    return check_mode(value)
+
+
 KEYS: dict[str, Callable[[str], float | str]] = {
     "max-size": parse_size,
     "min-free-space": parse_size,
     "keep-duration": parse_duration,
     # the team's remote tier (cache/remote.py): read by the commands that pull, not by prune
-    "remote": check_remote,
-    "remote-mode": check_mode,
+    "remote": _check_remote,
+    "remote-mode": _check_remote_mode,
 }
 
 

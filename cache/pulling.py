@@ -9,7 +9,6 @@ the blob becomes visible, and the verified (blob, diff_id) pair is recorded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +76,9 @@ class BlobPuller:
         pairs = list(zip(manifest.layers, config.diff_ids, strict=True))
         missing = [(layer, diff_id) for layer, diff_id in pairs if not self.store.has(layer.digest)]
         fetched: dict[Digest, LayerReport] = {}
-        if missing:  # threads only when there is something to transfer: a cached pull stays cheap
+        if missing:  # threads (and their module) only when there is something to transfer
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(min(self.jobs, len(missing)), thread_name_prefix="layer") as pool:
                 futures = [pool.submit(self.layer, layer, diff_id) for layer, diff_id in missing]
                 try:

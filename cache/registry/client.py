@@ -1,7 +1,4 @@
-"""One registry, spoken to over the OCI Distribution API with urllib3.
-
-urllib3 rather than requests: requests adds nothing we use here (we follow redirects and retry
-ourselves) and costs about 100 ms of import time, which is most of a cached pull's wall time.
+"""One registry, spoken to over the OCI Distribution API (HTTP from :mod:`cache.registry.http`).
 
 What it takes care of, so callers don't:
 - scheme: plain HTTP for loopback hosts, HTTPS otherwise; ``insecure`` allows HTTP and
@@ -16,6 +13,7 @@ What it takes care of, so callers don't:
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -23,27 +21,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 from urllib.parse import urlencode, urljoin, urlparse
-
-import urllib3
-from urllib3.response import BaseHTTPResponse
-from urllib3.util import make_headers
 
 from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SourceError
 from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from cache.registry.credentials import Credentials, lookup
+from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Bytes of a read from the socket; what a cut connection loses of the last read, so keep it modest.
-CHUNK = 128 * 1024
+# Bytes of a read from the socket: large enough that per-chunk work (hashing calls, the hand-off
+# to the writing thread) is small; a cut connection loses at most the read under way.
+CHUNK = 1024 * 1024
 USER_AGENT = "layerhoard/0.1"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 # Connection refused or reset, timeouts, bodies cut short: worth another try.
-_TRANSIENT = (urllib3.exceptions.HTTPError, OSError)
-TIMEOUT = urllib3.Timeout(connect=10, read=120)
-Body = bytes | BinaryIO | None  # what a push sends: a manifest's bytes, or a stored blob's file
+_TRANSIENT = TRANSIENT
+TIMEOUT = Timeout(connect=10, read=120)
 
 
 def api_host(registry: str) -> str:
@@ -85,7 +79,7 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         pool_size: int = 16,
         base_url: str | None = None,
-        timeout: urllib3.Timeout = TIMEOUT,
+        timeout: Timeout = TIMEOUT,
     ) -> None:
         self.registry = registry
         host = api_host(registry)
@@ -95,10 +89,7 @@ class RegistryClient:
         self._credentials = credentials
         self._credentials_loaded = credentials is not None
         self.retry = retry or RetryPolicy()
-        self.pool = urllib3.PoolManager(
-            num_pools=8, maxsize=pool_size, block=False, retries=False, timeout=timeout,
-            cert_reqs="CERT_NONE" if insecure else "CERT_REQUIRED",
-        )
+        self.pool = Pool(max_idle=pool_size, timeout=timeout, verify_tls=not insecure)
         self._tokens: dict[str, str] = {}
         self._basic: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -106,7 +97,7 @@ class RegistryClient:
         self.bytes_received = 0
 
     def close(self) -> None:
-        self.pool.clear()
+        self.pool.close()
 
     # -- auth ----------------------------------------------------------------------------------
     @property
@@ -123,7 +114,7 @@ class RegistryClient:
             return {"Authorization": f"Bearer {token}"}
         return dict(self._basic)  # Basic once a registry asked for it, else anonymous
 
-    def _answer_challenge(self, response: BaseHTTPResponse, scope: str) -> bool:
+    def _answer_challenge(self, response: Response, scope: str) -> bool:
         """Get what the 401 asks for; False when there is nothing more we can offer."""
         challenge = response.headers.get("WWW-Authenticate", "")
         kind, _, params_text = challenge.partition(" ")
@@ -132,29 +123,23 @@ class RegistryClient:
         if kind.lower() == "basic":
             if not credentials or self._basic:
                 return False
-            self._basic = make_headers(basic_auth=f"{credentials.username}:{credentials.password}")
+            self._basic = _basic_auth(credentials)
             return True
         if kind.lower() != "bearer" or "realm" not in params:
             return False
         query = {"service": params["service"]} if params.get("service") else {}
         query["scope"] = params.get("scope") or scope
-        headers = {}
-        if credentials:
-            headers = make_headers(basic_auth=f"{credentials.username}:{credentials.password}")
+        headers = _basic_auth(credentials) if credentials else {}
         url = f"{params['realm']}{'&' if '?' in params['realm'] else '?'}{urlencode(query)}"
-        try:
-            reply = self.pool.request("GET", url, headers={"User-Agent": USER_AGENT, **headers}, redirect=True)
-        except _TRANSIENT as error:
-            raise SourceError(f"{self.registry}: cannot get a token from {params['realm']}: {error}") from None
-        self._count()
-        if reply.status != 200:
+        status, data = self._fetch_token(url, headers, params["realm"])
+        if status != 200:
             who = "with the stored credentials" if credentials else "anonymously"
             raise SourceError(
-                f"{self.registry}: token service refused access {who} (HTTP {reply.status}); "
+                f"{self.registry}: token service refused access {who} (HTTP {status}); "
                 "log in with `docker login` if the image is private"
             )
         try:
-            body = json.loads(reply.data)
+            body = json.loads(data)
         except ValueError:
             raise SourceError(f"{self.registry}: token service answered with something that is not JSON") from None
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
@@ -164,6 +149,24 @@ class RegistryClient:
             self._tokens[scope] = token
         return True
 
+    def _fetch_token(self, url: str, headers: dict[str, str], realm: str) -> tuple[int, bytes]:
+        """GET the token service (following its redirects): the status and the (small) body."""
+        for _ in range(6):
+            try:
+                reply = self.pool.request("GET", url, {"User-Agent": USER_AGENT, **headers})
+                try:
+                    data = reply.read_all(MAX_MANIFEST_BYTES)
+                finally:
+                    reply.release()
+            except (ValueError, *_TRANSIENT) as error:
+                raise SourceError(f"{self.registry}: cannot get a token from {realm}: {error}") from None
+            self._count()
+            location = reply.headers.get("Location")
+            if reply.status not in (301, 302, 303, 307, 308) or not location:
+                return reply.status, data
+            url = urljoin(url, location)
+        raise SourceError(f"{self.registry}: too many redirects from the token service {realm}")
+
     def _count(self, received: int = 0) -> None:
         with self._lock:
             self.request_count += 1
@@ -172,7 +175,7 @@ class RegistryClient:
     # -- requests ------------------------------------------------------------------------------
     def request(
         self, method: str, path: str, scope: str, headers: dict[str, str] | None = None, body: Body = None
-    ) -> BaseHTTPResponse:
+    ) -> Response:
         """Send with auth, redirects and retries; the body is left unread for the caller to stream
         (and release). Returns the final response, whatever its status (callers decide what a 404
         means); raises SourceError when retries are exhausted. A file ``body`` is rewound before
@@ -201,7 +204,7 @@ class RegistryClient:
 
     def _send_authenticated(
         self, method: str, path: str, scope: str, headers: dict[str, str], body: Body = None
-    ) -> BaseHTTPResponse:
+    ) -> Response:
         response = self._send_following_redirects(method, path, scope, headers, body)
         if response.status == 401 and self._answer_challenge(response, scope):
             _release(response)
@@ -215,17 +218,14 @@ class RegistryClient:
 
     def _send_following_redirects(
         self, method: str, path: str, scope: str, headers: dict[str, str], body: Body = None
-    ) -> BaseHTTPResponse:
+    ) -> Response:
         url = self.base_url + path
         own_host = urlparse(url).netloc
         for _ in range(6):
             send_headers = {"User-Agent": USER_AGENT, **headers}
             if urlparse(url).netloc == own_host:  # blob storage elsewhere never sees our credentials
                 send_headers.update(self._auth_headers(scope))
-            if hasattr(body, "seek"):
-                body.seek(0)  # type: ignore[union-attr]
-            response = self.pool.request(method, url, headers=send_headers, body=body, preload_content=False,
-                                         redirect=False)
+            response = self.pool.request(method, url, send_headers, body)
             self._count()
             location = response.headers.get("Location")
             if response.status in (301, 302, 303, 307, 308) and location:
@@ -250,11 +250,10 @@ class RegistryClient:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
                 raise InvalidManifest(f"manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes ({declared})")
-            body = bytearray()
-            for chunk in response.stream(64 * 1024):
-                body += chunk
-                if len(body) > MAX_MANIFEST_BYTES:
-                    raise InvalidManifest(f"manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes")
+            try:
+                body = response.read_all(MAX_MANIFEST_BYTES)
+            except ValueError:
+                raise InvalidManifest(f"manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes") from None
         except _TRANSIENT as error:
             raise SourceError(f"{self.registry}: manifest {reference} cut off: {error}") from None
         finally:
@@ -262,12 +261,12 @@ class RegistryClient:
         with self._lock:
             self.bytes_received += len(body)
         claimed = response.headers.get("Docker-Content-Digest")
-        if claimed and claimed != str(sha256_of(bytes(body))):
+        if claimed and claimed != str(sha256_of(body)):
             raise DigestMismatch(
                 f"{self.registry}/{repository}:{reference}: manifest content has digest "
-                f"{sha256_of(bytes(body))}, the registry says {claimed}"
+                f"{sha256_of(body)}, the registry says {claimed}"
             )
-        return bytes(body), response.headers.get("Content-Type", "")
+        return body, response.headers.get("Content-Type", "")
 
     # -- blobs ---------------------------------------------------------------------------------
     def fetch_blob(
@@ -330,7 +329,7 @@ class RegistryClient:
 class BlobResponse:
     """A blob being received: its headers, and its body in chunks (counted as bytes received)."""
 
-    def __init__(self, response: BaseHTTPResponse, client: RegistryClient) -> None:
+    def __init__(self, response: Response, client: RegistryClient) -> None:
         self._response = response
         self._client = client
         self.headers = response.headers
@@ -348,16 +347,21 @@ class BlobResponse:
         _release(self._response)
 
 
-def _release(response: BaseHTTPResponse) -> None:
-    """Give the connection back to the pool (or drop it when the body was not read to the end)."""
-    response.drain_conn() if response.status in (301, 302, 303, 307, 308, 401) else response.close()
-    response.release_conn()
+def _release(response: Response) -> None:
+    """Give the connection back to the pool; the short body of a redirect or a 401 is read first
+    so the connection stays open for the request that follows."""
+    response.release(drain=response.status in (301, 302, 303, 307, 308, 401))
+
+
+def _basic_auth(credentials: Credentials) -> dict[str, str]:
+    token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
 
 
 def _scope(repository: str) -> str:
     return f"repository:{repository}:pull"
 
 
-def _range_starts_at(response: BaseHTTPResponse, offset: int) -> bool:
+def _range_starts_at(response: Response, offset: int) -> bool:
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
     return match is not None and int(match.group(1)) == offset

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,8 @@ def _keys_for(host: str) -> tuple[str, ...]:
 
 
 def _from_helper(helper: str, host: str) -> Credentials | None:
+    import subprocess  # only for a helper named in config.json: keeps every pull's start-up shorter
+
     program = f"docker-credential-{helper}"
     try:
         result = subprocess.run([program, "get"], input=host.encode(), capture_output=True, timeout=30)

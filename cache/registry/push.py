@@ -14,11 +14,10 @@ from __future__ import annotations
 from typing import BinaryIO
 from urllib.parse import urlencode, urlparse
 
-from urllib3.response import BaseHTTPResponse
-
 from cache.digest import Digest
 from cache.errors import SourceError
 from cache.registry.client import RegistryClient, _release
+from cache.registry.http import Response
 
 
 def push_scope(repository: str) -> str:
@@ -101,6 +100,6 @@ def _session_path(client: RegistryClient, location: str) -> str:
     return parsed.path + (f"?{parsed.query}" if parsed.query else "")
 
 
-def _refusal(client: RegistryClient, method: str, what: str, response: BaseHTTPResponse) -> SourceError:
+def _refusal(client: RegistryClient, method: str, what: str, response: Response) -> SourceError:
     kind = PushRefused if response.status in (401, 403, 405) else SourceError
     return kind(f"{client.registry}: {method} of {what} answered HTTP {response.status}")

@@ -164,7 +164,7 @@ class Upstreams:
             reply = self._client(repo.registry).request("HEAD", path, f"repository:{repo.path}:pull")
         except LayerhoardError as error:
             raise RegistryError("UNAVAILABLE", f"upstream {repo.registry}: {error}") from None
-        reply.release_conn()  # a HEAD has no body to read
+        reply.release()  # a HEAD has no body to read
         length = reply.headers.get("Content-Length", "")
         if reply.status == 200 and length.isdigit():
             return int(length)
