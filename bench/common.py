@@ -62,6 +62,20 @@ def python_child(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def installed_layerhoard(venv: Path) -> list[str]:
+    """argv of ``layerhoard`` as a user runs it: the console script of a fresh venv holding this
+    checkout, installed with pip (not in editable mode).
+
+    A cached pull is mostly process start-up, so where the interpreter comes from matters: a
+    development interpreter may load .pth files on every start (an editable install's finder, site
+    hooks of the machine) that a user's venv does not have.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    str(REPO_ROOT)], check=True, capture_output=True)
+    return [str(venv / "bin" / "layerhoard")]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

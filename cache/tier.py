@@ -19,7 +19,6 @@ blob it is still sending.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -107,7 +106,7 @@ class RemoteTier:
             if self._down:
                 return
             self._down = True
-        self._warn(f"remote {self.spec.name} skipped for this command: {_short(error)}")
+        self._warn(f"remote {self.spec.name} skipped for this command: {error}")
 
     def refuse_push(self, error: BaseException | str) -> None:
         with self._lock:
@@ -296,11 +295,6 @@ class RemoteTier:
             return 0
         push.put_manifest(self.client, self.spec.repository, reference, manifest.raw, manifest.media_type)
         return 1
-
-
-def _short(error: BaseException | str) -> str:
-    """The reason without urllib3's restatement of the connection (one readable warning line)."""
-    return re.sub(r"\w*HTTPS?Connection(Pool)?\([^)]*\):? ?", "", str(error)).strip()
 
 
 def _manifests_of(store: BlobStore, top: Manifest | Index) -> list[Manifest]:

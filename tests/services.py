@@ -12,7 +12,9 @@ import re
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +47,18 @@ def wait_until(check: object, timeout: float, what: str) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def in_thread(server: socketserver.BaseServer) -> Iterator[None]:
+    """Serve an in-process server (ours, or a small misbehaving one) on a thread while in the block."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:

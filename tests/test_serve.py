@@ -9,7 +9,6 @@ import http.client
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from cache.pull import PullOptions, pull
 from cache.server import RegistryServer, ServeOptions, make_server
 from cache.store import BlobStore
 from tests.images import TestImage, build_image, push, random_layer
-from tests.services import Daemon, Registry, free_port, skopeo, wait_until
+from tests.services import Daemon, Registry, free_port, in_thread, skopeo, wait_until
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -38,13 +37,8 @@ def cached(store: BlobStore, tmp_path: Path, name: str, seed: int = 1) -> TestIm
 @contextlib.contextmanager
 def start(store: BlobStore, **options: object) -> Iterator[RegistryServer]:
     server = make_server(store, ServeOptions(listen="127.0.0.1:0", **options))  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with in_thread(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
