@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,21 @@ def test_stdin_style_stream_without_a_first_look(store: BlobStore, tmp_path: Pat
         assert all(layer.staged is not None for layer in contents.layers.values())  # nothing known: keep all
     finally:
         contents.discard()
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress])
+def test_compressed_tarball_imports(store: BlobStore, tmp_path: Path, compress: Callable[[bytes], bytes]) -> None:
+    """`docker save app | gzip > app.tar.gz`: read as a stream, with no first look."""
+    save = write_save_tar(tmp_path / "j.tar", LAYERS, "legacy", repo_tags=["app:gz"])
+    packed = tmp_path / "j.tar.gz"
+    packed.write_bytes(compress(save.path.read_bytes()))
+    report = pull_from_archive(store, ArchiveSource(str(packed)))
+    assert [layer.diff_id for layer in report.layers] == save.diff_ids
+    assert uncompressed_diff_ids(store, "docker.io/library/app:gz") == save.diff_ids
+    short = tmp_path / "short.tar.gz"
+    short.write_bytes(packed.read_bytes()[:-2000])
+    with pytest.raises(StreamCutOff, match="ends early"):
+        pull_from_archive(store, ArchiveSource(str(short)))
 
 
 @pytest.mark.parametrize(

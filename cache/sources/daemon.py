@@ -16,6 +16,7 @@ the default socket. The image is recorded under its full normalised name
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import time
@@ -183,6 +184,22 @@ def _layer_sizes(client: Any, name: str, count: int) -> list[int | None]:
     return list(sizes)
 
 
+def _body(response: Any) -> Any:
+    """The save stream's body as something with ``readinto``, reading as directly as it can.
+
+    urllib3's ``read`` re-buffers and joins every read; http.client's own ``readinto`` decodes
+    the chunked transfer encoding straight into our buffers. Used only when urllib3 has nothing
+    buffered and nothing to decode (the daemon sends a plain tar); else urllib3's response.
+    """
+    raw = response.raw
+    inner = getattr(raw, "_fp", None)
+    plain = (raw.headers.get("Content-Encoding") or "identity").lower() == "identity"
+    untouched = not getattr(raw, "_decoded_buffer", None) and not getattr(raw, "_fp_bytes_read", 0)
+    if isinstance(inner, http.client.HTTPResponse) and plain and untouched:
+        return inner
+    return raw
+
+
 def _stream_save(
     client: Any,
     host: str,
@@ -205,7 +222,7 @@ def _stream_save(
     bar = progress(f"docker save {name}", total if isinstance(total, int) else None) if progress else None
     try:
         reader = SaveReader(store, chooser, what=what, progress=bar)
-        return reader.read(response.raw)
+        return reader.read(_body(response))
     except (InvalidManifest, StreamCutOff):
         raise
     finally:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import zstandard
+
 from cache.digest import Digest, Hasher
 from cache.store import BlobStore
 
@@ -30,6 +32,7 @@ class StagedBlob:
 
 
 FLUSH_EVERY = 64 << 20
+ZSTD_WRITE_BYTES = 1 << 20  # zstd output per write: fewer, larger hash updates and file writes
 
 
 class _Flusher:
@@ -77,9 +80,17 @@ class StagedWriter:
         self._flusher: _Flusher | None = None
         self._unflushed = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview, *, blake3_done: bool = False) -> int:
+        """Hash and write ``data``; returns its length (zstd's stream writer wants a count).
+
+        ``blake3_done``: the caller already fed ``data`` to :meth:`update_blake3` (on another
+        thread, in the same order), so only sha256 is computed here.
+        """
         if data:
-            self._hasher.update(data)
+            if blake3_done:
+                self._hasher.update_sha256(data)
+            else:
+                self._hasher.update(data)
             self._file.write(data)
             self._unflushed += len(data)
             if self._unflushed >= FLUSH_EVERY:
@@ -88,6 +99,10 @@ class StagedWriter:
                 if self._flusher is None:
                     self._flusher = _Flusher(self._file.fileno())
                 self._flusher.poke()
+        return len(data)
+
+    def update_blake3(self, data: bytes | memoryview) -> None:
+        self._hasher.update_blake3(data)
 
     def finish(self) -> StagedBlob:
         self._stop_flusher()
@@ -107,45 +122,112 @@ class StagedWriter:
             self._file.close()
 
 
-class BackgroundSink:
-    """Compress (optionally) and write a staged blob on a second thread.
+BUFFER_BYTES = 1 << 20  # one read: large enough that hashing and zstd release the GIL for long
+BUFFERS = 4  # buffers in flight between the reading and the compressing thread (memory bound)
+WRITE_QUEUE = 4  # zstd output chunks waiting for the writing thread (memory bound)
 
-    The reading thread hashes the uncompressed stream while this one runs zstd, hashes the
-    output and writes it: both release the GIL, so two cores share the work. At most
-    ``QUEUE_CHUNKS`` chunks wait in between, so memory stays bounded.
+
+class _WritingThread:
+    """sha256 and write zstd's output on a third thread; blake3 stays with the compressing one.
+
+    Compression, output hashing and writing together cost about twice the CPU per byte of
+    reading and hashing the input, so they are split over two threads: zstd + blake3 of its
+    output (cheap) on one, sha256 + the file write on this one. The chunks are zstd's own
+    immutable bytes, handed over without a copy.
     """
 
-    QUEUE_CHUNKS = 8
-
-    def __init__(self, writer: StagedWriter, compressor: Any | None = None) -> None:
+    def __init__(self, writer: StagedWriter) -> None:
         self._writer = writer
-        self._compressor = compressor
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUE_CHUNKS)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layerhoard-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:  # after an error keep taking chunks so the sender never blocks
+                try:
+                    self._writer.write(chunk, blake3_done=True)
+                except BaseException as error:
+                    self._error = error
+
+    def write(self, chunk: bytes) -> int:
+        """zstd's stream writer calls this with each piece of output."""
+        if self._error is not None:
+            raise self._error
+        self._writer.update_blake3(chunk)
+        self._queue.put(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        """Wait until every chunk is written; raise what went wrong."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class BackgroundSink:
+    """Compress (optionally) and write a staged blob on other threads, from reused buffers.
+
+    The reading thread takes a free buffer (:meth:`buffer`), fills it straight from the stream,
+    hashes it and hands it over (:meth:`submit`); the compressing thread runs zstd on it and gives
+    the buffer back, and a writing thread hashes and writes zstd's output. hashlib, zstd, blake3
+    and file writes release the GIL, so the cores share the work; the buffers are allocated once,
+    so no read faults in fresh memory. Without a compressor the bytes are written as they are.
+    """
+
+    def __init__(self, writer: StagedWriter, compressor: Any | None = None, buffer_bytes: int = BUFFER_BYTES) -> None:
+        self._writer = writer
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(BUFFERS):
+            self._free.put(memoryview(bytearray(buffer_bytes)))
+        self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+        self._output = _WritingThread(writer) if compressor is not None else None
+        self._zstd = (
+            compressor.stream_writer(self._output, write_size=ZSTD_WRITE_BYTES, closefd=False)
+            if compressor is not None else None
+        )
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="layerhoard-compress", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep taking chunks so the reading thread never blocks on a full queue
-            try:
-                self._writer.write(self._compressor.compress(chunk) if self._compressor is not None else chunk)
-            except BaseException as error:
-                self._error = error
-        if self._error is None and self._compressor is not None:
-            try:
-                self._writer.write(self._compressor.flush())
-            except BaseException as error:
-                self._error = error
+        while (item := self._full.get()) is not None:
+            buffer, length = item
+            if self._error is None:  # after an error keep taking buffers so the reader never blocks
+                try:
+                    if self._zstd is not None:
+                        self._zstd.write(buffer[:length])
+                    else:
+                        self._writer.write(buffer[:length])
+                except BaseException as error:
+                    self._error = error
+            self._free.put(buffer)
+        try:
+            if self._error is None and self._zstd is not None:
+                self._zstd.flush(zstandard.FLUSH_FRAME)
+        except BaseException as error:
+            self._error = error
+        finally:
+            if self._output is not None:
+                try:
+                    self._output.close()
+                except BaseException as error:
+                    self._error = self._error or error
 
-    def write(self, chunk: bytes) -> None:
+    def buffer(self) -> memoryview:
+        """A free buffer to fill; waits while every buffer is still being compressed."""
         if self._error is not None:
             raise self._error
-        self._queue.put(chunk)
+        return self._free.get()
+
+    def submit(self, buffer: memoryview, length: int) -> None:
+        """Hand over the first ``length`` bytes of a buffer from :meth:`buffer`; it comes back free."""
+        self._full.put((buffer, length))
 
     def finish(self) -> StagedBlob:
-        self._queue.put(None)
+        self._full.put(None)
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -153,7 +235,7 @@ class BackgroundSink:
 
     def abort(self) -> None:
         """Stop after an error in the reading thread; Staging.discard removes the file."""
-        self._queue.put(None)
+        self._full.put(None)
         self._thread.join()
 
 
