@@ -13,7 +13,6 @@ import click
 
 from cache.errors import InvalidReference
 from cache.policy import ConfigError, load_config
-from cache.remote import parse_remote
 from cli.output import Context
 
 if TYPE_CHECKING:  # the tier brings the HTTP client: loaded only when a remote is in use
@@ -62,6 +61,8 @@ def open_remote(ctx: Context, *, insecure: bool = False, jobs: int = 4) -> Remot
     if not text:
         return None
     read_only = bool(given.get("remote_read_only")) or config.get("remote-mode") == "read-only"
+    from cache.remote import parse_remote  # only with a remote: every pull and warm comes here
+
     try:
         spec = parse_remote(text, read_only)
     except InvalidReference as error:

@@ -21,13 +21,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlparse
 
 from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SourceError
 from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
-from cache.registry.credentials import Credentials, lookup
 from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout
+
+if TYPE_CHECKING:  # Docker's config is read only when a registry asks for credentials
+    from cache.registry.credentials import Credentials
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Bytes of a read from the socket: large enough that per-chunk work (hashing calls, the hand-off
@@ -103,6 +106,8 @@ class RegistryClient:
     @property
     def credentials(self) -> Credentials | None:
         if not self._credentials_loaded:
+            from cache.registry.credentials import lookup
+
             self._credentials = lookup(self.registry)
             self._credentials_loaded = True
         return self._credentials

@@ -16,7 +16,6 @@ from cache.pull import PullOptions, pull
 from cache.report import PullReport
 from cache.sources import DEFAULT_JOBS
 from cache.units import format_size
-from cache.warm import package, read_image_list, read_zarf_images, warm
 from cli.output import Context, pass_context
 from cli.remote import finish_remote, open_remote, remote_options
 
@@ -113,6 +112,8 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
     """
     if export_to is not None and not export_to.startswith("oci:"):
         raise click.BadParameter("warm exports into one OCI layout: give oci:DIR", param_hint="--export")
+    from cache.warm import package, read_image_list, read_zarf_images, warm  # here: pull never needs it
+
     wanted = list(sources)
     if list_file:
         wanted += read_image_list(list_file)
