@@ -7,12 +7,20 @@ so the pool's keep-alive, stale-connection and cut-body handling are shown here.
 from __future__ import annotations
 
 import http.client
+import ipaddress
+import select
+import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from cache.registry.http import Pool, Timeout
+from cache.errors import SourceError
+from cache.registry.http import Pool, Timeout, proxy_for
 from tests.services import in_thread
 
 BODY = b"x" * 300_000
@@ -117,3 +125,146 @@ def test_a_refused_connection_is_an_os_error() -> None:
         url = _url(closed, "/a")
     with pytest.raises(OSError):
         pool.request("GET", url, {})
+
+
+# -- proxies -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "scheme", "host", "port", "expected"),
+    [
+        ({}, "https", "ghcr.io", 443, None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https", "ghcr.io", 443, ("proxy", 3128)),
+        ({"https_proxy": "proxy:3128"}, "https", "ghcr.io", 443, ("proxy", 3128)),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http", "ghcr.io", 80, None),  # HTTP_PROXY is another setting
+        ({"HTTP_PROXY": "http://proxy"}, "http", "ghcr.io", 80, ("proxy", 80)),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https", "localhost", 5000, None),  # loopback never
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https", "127.0.0.1", 5000, None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, "https", "ghcr.io", 443, None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "example.com"}, "https", "r.example.com", 443, None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": ".example.com"}, "https", "example.com", 443, None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "example.com"}, "https", "badexample.com", 443,
+         ("proxy", 3128)),
+        ({"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "10.0.0.0/8"}, "https", "10.1.2.3", 443, None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "r.example.com:5000"}, "https", "r.example.com", 443,
+         ("proxy", 3128)),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "r.example.com:5000"}, "https", "r.example.com", 5000,
+         None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "[fd00::1]:5000"}, "https", "fd00::1", 5000, None),
+    ],
+)
+def test_which_origins_go_through_a_proxy(
+    environ: dict[str, str], scheme: str, host: str, port: int, expected: tuple[str, int] | None
+) -> None:
+    proxy = proxy_for(scheme, host, port, environ)
+    assert (proxy.host, proxy.port) == expected if proxy else expected is None
+
+
+def test_proxy_credentials_and_unsupported_schemes() -> None:
+    proxy = proxy_for("https", "ghcr.io", 443, {"HTTPS_PROXY": "http://me:p%40ss@proxy:3128"})
+    assert proxy is not None and proxy.headers == {"Proxy-Authorization": "Basic bWU6cEBzcw=="}  # me:p@ss
+    with pytest.raises(SourceError, match="give an http://HOST:PORT proxy"):
+        proxy_for("https", "ghcr.io", 443, {"HTTPS_PROXY": "socks5://proxy:1080"})
+
+
+class _ForwardingProxy(ThreadingHTTPServer):
+    """An HTTP proxy: absolute-form requests are forwarded, CONNECT opens a byte tunnel."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _proxy_handler())
+        self.seen: list[tuple[str, str, str | None]] = []  # method, target, Proxy-Authorization
+
+
+def _proxy_handler() -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _note(self) -> None:
+            self.server.seen.append((self.command, self.path, self.headers.get("Proxy-Authorization")))  # type: ignore[attr-defined]
+
+        def do_GET(self) -> None:
+            self._note()
+            target = urlsplit(self.path)
+            upstream = http.client.HTTPConnection(target.netloc, timeout=5)
+            upstream.request("GET", target.path, headers={"Host": target.netloc})
+            reply = upstream.getresponse()
+            body = reply.read()
+            self.send_response(reply.status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_CONNECT(self) -> None:
+            self._note()
+            upstream = socket.create_connection(_host_port(self.path), timeout=5)
+            self.send_response(200)
+            self.end_headers()
+            sockets = [self.connection, upstream]
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 5)
+                if not readable:
+                    break
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        upstream.close()
+                        self.close_connection = True
+                        return
+                    (upstream if source is self.connection else self.connection).sendall(data)
+
+    return Handler
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def _outward_address() -> str:
+    """An address of this machine that is not loopback (proxies are never used for loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+            address = probe.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    if ipaddress.ip_address(address).is_loopback:
+        pytest.skip("this machine has no non-loopback address to reach through a proxy")
+    return str(address)
+
+
+def _self_signed(tmp_path: Path) -> ssl.SSLContext:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=registry",
+                    "-days", "1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_requests_go_through_the_proxy_named_in_the_environment(
+    scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _Server((_outward_address(), 0), _handler())
+    if scheme == "https":
+        target.socket = _self_signed(tmp_path).wrap_socket(target.socket, server_side=True)
+    proxy = _ForwardingProxy()
+    with in_thread(target), in_thread(proxy):
+        monkeypatch.setenv(f"{scheme.upper()}_PROXY", f"http://me:secret@127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        pool = Pool(max_idle=4, timeout=Timeout(5, 5), verify_tls=False)
+        origin = f"{scheme}://{target.server_address[0]}:{target.server_address[1]}"
+        assert _get(pool, f"{origin}/blob") == BODY
+    method, where, authorization = proxy.seen[0]
+    assert authorization == "Basic bWU6c2VjcmV0"  # me:secret
+    if scheme == "https":  # a tunnel: the proxy sees where, never what
+        assert (method, where) == ("CONNECT", origin.removeprefix("https://"))
+    else:
+        assert (method, where) == ("GET", f"{origin}/blob")

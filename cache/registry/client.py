@@ -14,7 +14,6 @@ What it takes care of, so callers don't:
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 import threading
@@ -27,7 +26,7 @@ from urllib.parse import urlencode, urljoin, urlparse
 from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SourceError
 from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
-from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout
+from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout, is_loopback_host
 
 if TYPE_CHECKING:  # Docker's config is read only when a registry asks for credentials
     from cache.registry.credentials import Credentials
@@ -49,13 +48,8 @@ def api_host(registry: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    name = urlparse(f"//{host}").hostname or ""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """Whether a registry host (``name[:port]``) is this machine: spoken to over plain HTTP."""
+    return is_loopback_host(urlparse(f"//{host}").hostname or "")
 
 
 @dataclass

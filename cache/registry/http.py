@@ -9,12 +9,17 @@ Retries, auth and redirects are the client's job, not this one's.
 
 from __future__ import annotations
 
+import base64
 import http.client
+import ipaddress
+import os
 import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+
+from cache.errors import SourceError
 
 if TYPE_CHECKING:
     import ssl  # loaded at run time only for the first HTTPS origin
@@ -31,6 +36,74 @@ Body = bytes | BinaryIO | None
 class Timeout(NamedTuple):
     connect: float
     read: float
+
+
+class Proxy(NamedTuple):
+    host: str
+    port: int
+    headers: dict[str, str]  # Proxy-Authorization when the proxy URL carries user:password
+
+
+def proxy_for(scheme: str, host: str, port: int, environ: Mapping[str, str] = os.environ) -> Proxy | None:
+    """The proxy for one origin, from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case), by the
+    rules docker and skopeo follow (Go's ProxyFromEnvironment): loopback hosts are never proxied;
+    NO_PROXY lists hosts, domains (``example.com`` and ``.example.com`` both match subdomains),
+    IP addresses and CIDR ranges, each optionally with ``:port``, or ``*`` for everything."""
+    name = "https_proxy" if scheme == "https" else "http_proxy"
+    url = environ.get(name) or environ.get(name.upper())
+    if not url or is_loopback_host(host) or _bypassed(host, port, environ.get("no_proxy") or environ.get("NO_PROXY")):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise SourceError(f"proxy {url!r} in ${name.upper()} is not supported: give an http://HOST:PORT proxy")
+    headers = {}
+    if parts.username is not None:
+        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
+    return Proxy(parts.hostname, parts.port or 80, headers)
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (a bare host name or address, no port)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bypassed(host: str, port: int, no_proxy: str | None) -> bool:
+    for entry in (e.strip().lower() for e in (no_proxy or "").split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry_host, entry_port = _split_host_port(entry)
+        if entry_port is not None and entry_port != port:
+            continue
+        if "/" in entry_host:
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(entry_host, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        domain = entry_host.lstrip(".")
+        if host.lower() == domain or host.lower().endswith("." + domain):
+            return True
+    return False
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, a bare IPv6 address or a CIDR range."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest[1:].isdigit() else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port) if port.isdigit() else None
+    return entry, None
 
 
 class Response:
@@ -90,6 +163,7 @@ class Pool:
         self._timeout = timeout
         self._verify_tls = verify_tls
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._proxies: dict[str, Proxy | None] = {}
         self._lock = threading.Lock()
         self._tls_context: ssl.SSLContext | None = None
 
@@ -97,6 +171,9 @@ class Pool:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        proxy = self._proxy(origin)
+        if proxy is not None and parts.scheme == "http":  # a plain-HTTP proxy takes the whole URL
+            target, headers = origin + target, {**headers, **proxy.headers}
         connection, reused = self._take(origin)
         try:
             raw = self._exchange(connection, method, target, headers, body)
@@ -141,13 +218,29 @@ class Pool:
                 return
         connection.close()
 
+    def _proxy(self, origin: str) -> Proxy | None:
+        """The proxy an origin goes through (looked up once per origin)."""
+        with self._lock:
+            if origin in self._proxies:
+                return self._proxies[origin]
+        parts = urlsplit(origin)
+        proxy = proxy_for(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        with self._lock:
+            self._proxies[origin] = proxy
+        return proxy
+
     def _new(self, origin: str) -> http.client.HTTPConnection:
         scheme, _, netloc = origin.partition("://")
+        proxy = self._proxy(origin)
+        address = f"{proxy.host}:{proxy.port}" if proxy else netloc
         if scheme == "https":
-            return http.client.HTTPSConnection(
-                netloc, timeout=self._timeout.connect, context=self._tls(), blocksize=SEND_BLOCK
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                address, timeout=self._timeout.connect, context=self._tls(), blocksize=SEND_BLOCK
             )
-        return http.client.HTTPConnection(netloc, timeout=self._timeout.connect, blocksize=SEND_BLOCK)
+            if proxy is not None:  # CONNECT through the proxy; TLS runs end to end with the registry
+                connection.set_tunnel(netloc, headers=proxy.headers)
+            return connection
+        return http.client.HTTPConnection(address, timeout=self._timeout.connect, blocksize=SEND_BLOCK)
 
     def _tls(self) -> ssl.SSLContext:
         """One TLS context for the pool, made on the first HTTPS origin (loading CAs takes time)."""
