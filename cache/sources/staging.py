@@ -8,17 +8,17 @@ into blobs/ with the store's own commit step (lock, look again, link, fsync) onl
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import zstandard
 
 from cache.digest import Digest, Hasher
+from cache.sources.blobfile import open_blob_file
 from cache.store import BlobStore
 
 
@@ -31,42 +31,7 @@ class StagedBlob:
     media_type: str
 
 
-FLUSH_EVERY = 64 << 20
 ZSTD_WRITE_BYTES = 1 << 20  # zstd output per write: fewer, larger hash updates and file writes
-
-
-class _Flusher:
-    """fdatasync a file in the background while it is still being written.
-
-    The stream arrives slower than the disk writes, so flushing as we go leaves the final fsync
-    (needed before a blob is published) almost nothing to do instead of a whole layer.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="layerhoard-flush", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                os.fdatasync(self._fd)
-            except OSError:
-                return  # the final fsync reports any real problem
-
-    def poke(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        self._thread.join()
 
 
 class StagedWriter:
@@ -76,9 +41,7 @@ class StagedWriter:
         self.path = path
         self.media_type = media_type
         self._hasher = Hasher()
-        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in finish() or by Staging.discard
-        self._flusher: _Flusher | None = None
-        self._unflushed = 0
+        self._file = open_blob_file(path)
 
     def write(self, data: bytes | memoryview, *, blake3_done: bool = False) -> int:
         """Hash and write ``data``; returns its length (zstd's stream writer wants a count).
@@ -92,34 +55,17 @@ class StagedWriter:
             else:
                 self._hasher.update(data)
             self._file.write(data)
-            self._unflushed += len(data)
-            if self._unflushed >= FLUSH_EVERY:
-                self._unflushed = 0
-                self._file.flush()
-                if self._flusher is None:
-                    self._flusher = _Flusher(self._file.fileno())
-                self._flusher.poke()
         return len(data)
 
     def update_blake3(self, data: bytes | memoryview) -> None:
         self._hasher.update_blake3(data)
 
     def finish(self) -> StagedBlob:
-        self._stop_flusher()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._file.finish()
         return StagedBlob(self.path, self._hasher.digest, self._hasher.size, self._hasher.blake3, self.media_type)
 
-    def _stop_flusher(self) -> None:
-        if self._flusher is not None:
-            self._flusher.stop()
-            self._flusher = None
-
     def close(self) -> None:
-        self._stop_flusher()
-        if not self._file.closed:
-            self._file.close()
+        self._file.close()
 
 
 BUFFER_BYTES = 1 << 20  # one read: large enough that hashing and zstd release the GIL for long
