@@ -43,22 +43,12 @@ class StagedWriter:
         self._hasher = Hasher()
         self._file = open_blob_file(path)
 
-    def write(self, data: bytes | memoryview, *, blake3_done: bool = False) -> int:
-        """Hash and write ``data``; returns its length (zstd's stream writer wants a count).
-
-        ``blake3_done``: the caller already fed ``data`` to :meth:`update_blake3` (on another
-        thread, in the same order), so only sha256 is computed here.
-        """
+    def write(self, data: bytes | memoryview) -> int:
+        """Hash and write ``data``; returns its length (zstd's stream writer wants a count)."""
         if data:
-            if blake3_done:
-                self._hasher.update_sha256(data)
-            else:
-                self._hasher.update(data)
+            self._hasher.update(data)
             self._file.write(data)
         return len(data)
-
-    def update_blake3(self, data: bytes | memoryview) -> None:
-        self._hasher.update_blake3(data)
 
     def finish(self) -> StagedBlob:
         self._file.finish()
@@ -74,12 +64,11 @@ WRITE_QUEUE = 4  # zstd output chunks waiting for the writing thread (memory bou
 
 
 class _WritingThread:
-    """sha256 and write zstd's output on a third thread; blake3 stays with the compressing one.
+    """Hash (sha256 + blake3) and write zstd's output on a third thread.
 
     Compression, output hashing and writing together cost about twice the CPU per byte of
-    reading and hashing the input, so they are split over two threads: zstd + blake3 of its
-    output (cheap) on one, sha256 + the file write on this one. The chunks are zstd's own
-    immutable bytes, handed over without a copy.
+    reading and hashing the input, so the compressing thread hands its output on rather than
+    doing all three. The chunks are zstd's own immutable bytes, handed over without a copy.
     """
 
     def __init__(self, writer: StagedWriter) -> None:
@@ -93,7 +82,7 @@ class _WritingThread:
         while (chunk := self._queue.get()) is not None:
             if self._error is None:  # after an error keep taking chunks so the sender never blocks
                 try:
-                    self._writer.write(chunk, blake3_done=True)
+                    self._writer.write(chunk)
                 except BaseException as error:
                     self._error = error
 
@@ -101,7 +90,6 @@ class _WritingThread:
         """zstd's stream writer calls this with each piece of output."""
         if self._error is not None:
             raise self._error
-        self._writer.update_blake3(chunk)
         self._queue.put(chunk)
         return len(chunk)
 
