@@ -52,7 +52,7 @@ def wait_until(check: object, timeout: float, what: str) -> None:
 @contextlib.contextmanager
 def in_thread(server: socketserver.BaseServer) -> Iterator[None]:
     """Serve an in-process server (ours, or a small misbehaving one) on a thread while in the block."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield

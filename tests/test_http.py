@@ -10,6 +10,7 @@ import http.client
 import ipaddress
 import select
 import socket
+import socketserver
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from cache.errors import SourceError
-from cache.registry.http import Pool, Timeout, proxy_for
+from cache.registry.http import IncompleteBody, Pool, ProtocolError, Timeout
+from cache.registry.proxy import proxy_for
 from tests.services import in_thread
 
 BODY = b"x" * 300_000
@@ -76,7 +78,7 @@ def _url(server: _Server, path: str) -> str:
 def _get(pool: Pool, url: str, method: str = "GET") -> bytes:
     response = pool.request(method, url, {})
     try:
-        assert response.status == 200
+        assert response.status in (200, 204)
         return b"".join(response.stream(64 * 1024))
     finally:
         response.release()
@@ -102,7 +104,7 @@ def test_a_body_cut_short_raises_incomplete_read(server: _Server) -> None:
     pool = Pool(max_idle=4, timeout=Timeout(5, 5))
     response = pool.request("GET", _url(server, "/cut"), {})
     received = bytearray()
-    with pytest.raises(http.client.IncompleteRead):
+    with pytest.raises(IncompleteBody):
         for chunk in response.stream(64 * 1024):
             received += chunk
     response.release()
@@ -268,3 +270,112 @@ def test_requests_go_through_the_proxy_named_in_the_environment(
         assert (method, where) == ("CONNECT", origin.removeprefix("https://"))
     else:
         assert (method, where) == ("GET", f"{origin}/blob")
+
+
+# -- framing: responses a registry may send, written byte for byte -------------------------------
+
+CANNED = {
+    "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    "/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/until-close": b"HTTP/1.0 200 OK\r\n\r\nall of it",
+    "/no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    "/close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye",
+    "/headers": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nDocker-Content-Digest: sha256:x\r\n"
+                b"Link: <a>\r\nLINK: <b>\r\n\r\n",
+    "/cut-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA\r\nhalf",
+    "/garbage": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+}
+
+
+class _RawServer(socketserver.ThreadingTCPServer):
+    """Answers each request with the bytes CANNED names for its path; echoes upload lengths."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RawHandler)
+        self.connections = 0
+        self.uploads: list[int] = []
+
+
+class _RawHandler(socketserver.StreamRequestHandler):
+    server: _RawServer
+
+    def handle(self) -> None:
+        self.server.connections += 1
+        while line := self.rfile.readline():
+            method, path, _ = line.decode().split(" ", 2)
+            length = 0
+            while (header := self.rfile.readline()) not in (b"\r\n", b""):
+                name, _, value = header.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            if length:
+                self.server.uploads.append(len(self.rfile.read(length)))
+            reply = CANNED.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello, world")
+            self.wfile.write(reply if method != "HEAD" else b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")
+            if path in ("/until-close", "/close", "/cut-chunk"):
+                return
+
+
+@pytest.fixture
+def raw() -> Iterator[_RawServer]:
+    server = _RawServer()
+    with in_thread(server):
+        yield server
+
+
+def _raw_url(server: _RawServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/chunked", b"hello world"), ("/continue", b"ok"), ("/until-close", b"all of it"), ("/no-content", b""),
+    ("/close", b"bye"),
+])
+def test_every_body_framing(raw: _RawServer, path: str, body: bytes) -> None:
+    pool = Pool(max_idle=4, timeout=Timeout(5, 5))
+    assert _get(pool, _raw_url(raw, path)) == body
+    assert _get(pool, _raw_url(raw, "/after")) == b"hello, world"  # the connection stayed usable, or was renewed
+
+
+def test_connection_close_and_http10_bodies_are_not_reused(raw: _RawServer) -> None:
+    pool = Pool(max_idle=4, timeout=Timeout(5, 5))
+    _get(pool, _raw_url(raw, "/close"))
+    _get(pool, _raw_url(raw, "/until-close"))
+    _get(pool, _raw_url(raw, "/a"))
+    _get(pool, _raw_url(raw, "/b"), "HEAD")
+    _get(pool, _raw_url(raw, "/chunked"))
+    assert raw.connections == 3  # /close, /until-close, then one kept-alive connection for the rest
+
+
+def test_header_names_are_case_insensitive_and_repeats_are_joined(raw: _RawServer) -> None:
+    pool = Pool(max_idle=4, timeout=Timeout(5, 5))
+    response = pool.request("GET", _raw_url(raw, "/headers"), {})
+    response.release()
+    assert response.headers.get("docker-content-digest") == "sha256:x"
+    assert response.headers["Link"] == "<a>, <b>"
+    assert "CONTENT-LENGTH" in response.headers
+    assert response.headers.get("Location") == ""
+
+
+@pytest.mark.parametrize(("path", "error"), [("/cut-chunk", IncompleteBody), ("/garbage", ProtocolError)])
+def test_broken_responses_raise(raw: _RawServer, path: str, error: type[Exception]) -> None:
+    pool = Pool(max_idle=4, timeout=Timeout(5, 5))
+    with pytest.raises(error):
+        _get(pool, _raw_url(raw, path))
+
+
+def test_bodies_are_sent_with_their_length(raw: _RawServer, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"b" * 3_000_000)
+    pool = Pool(max_idle=4, timeout=Timeout(5, 5))
+    with open(blob, "rb") as handle:
+        handle.read(10)  # a file already read from is still sent whole
+        pool.request("PUT", _raw_url(raw, "/upload"), {}, handle).release(drain=True)
+    pool.request("PUT", _raw_url(raw, "/manifest"), {}, b"{}").release(drain=True)
+    pool.request("POST", _raw_url(raw, "/session"), {}).release(drain=True)
+    assert raw.uploads == [3_000_000, 2]
+    assert raw.connections == 1

@@ -26,7 +26,8 @@ from urllib.parse import urlencode, urljoin, urlparse
 from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SourceError
 from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
-from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout, is_loopback_host
+from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout
+from cache.registry.proxy import is_loopback_host
 
 if TYPE_CHECKING:  # Docker's config is read only when a registry asks for credentials
     from cache.registry.credentials import Credentials

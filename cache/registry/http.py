@@ -1,36 +1,69 @@
-"""HTTP/1.1 for the registry client: pooled keep-alive connections on the standard library.
+"""HTTP/1.1 for the registry client: keep-alive connections per origin, on plain sockets.
 
-Why not urllib3 or requests: a cached pull is one manifest request, and its wall time is mostly
-the process starting. urllib3 cost about 60 ms of import time (requests about 100 ms) on this
-machine, against a few ms for http.client; everything the registry client needs on top (a pool
-per origin, split connect/read timeouts, finishing or dropping a body) is this small module.
+Why not a library: a cached pull is one manifest request, and its wall time is mostly the
+process starting. Importing http.client costs about 87 million instructions here (it loads the
+email package to parse headers, and ssl), a quarter of a whole cached pull; urllib3 and requests
+sit on top of it, and h11 costs half as much again as this module and socket together. The
+registry protocol needs a small part of HTTP/1.1, which is what this module speaks:
+
+- requests with a Host header, a byte-string or file body (sent with sendfile where it can),
+  an explicit Content-Length;
+- responses framed by Content-Length, chunked transfer coding, or the end of the connection;
+  no body for HEAD, 1xx, 204 and 304; interim 1xx responses skipped;
+- keep-alive unless the server says ``Connection: close`` (or speaks HTTP/1.0);
+- TLS (ssl is imported on the first HTTPS origin only), proxies from the environment
+  (:mod:`cache.registry.proxy`), CONNECT tunnels for HTTPS through a proxy.
+
 Retries, auth and redirects are the client's job, not this one's.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
-import ipaddress
 import os
 import select
+import socket
 import threading
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
-from urllib.parse import unquote, urlsplit
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
-from cache.errors import SourceError
+from cache.registry.proxy import Proxy, proxy_for
 
 if TYPE_CHECKING:
     import ssl  # loaded at run time only for the first HTTPS origin
 
-# What a failed exchange raises: refused or reset connections, timeouts, TLS errors (all OSError),
-# and malformed or cut responses (HTTPException, IncompleteRead among them).
-TRANSIENT = (http.client.HTTPException, OSError)
-SEND_BLOCK = 1 << 20  # bytes per send() of a file body (http.client's default is 8 KiB)
+SEND_BLOCK = 1 << 20  # bytes per send of a file body where sendfile cannot be used (TLS)
 DRAIN_LIMIT = 64 * 1024  # a small unread body is read to keep the connection; a larger one drops it
+MAX_LINE = 64 * 1024  # a status line, header line or chunk-size line longer than this is refused
+MAX_HEADERS = 200
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 Body = bytes | BinaryIO | None
+
+
+class HTTPError(Exception):
+    """A response that broke HTTP/1.1 framing: malformed, or cut before its end."""
+
+
+class IncompleteBody(HTTPError):
+    """The connection ended before the whole body arrived (what did arrive was handed out)."""
+
+
+class ProtocolError(HTTPError):
+    """Something that is not an HTTP/1.x response where one was expected."""
+
+
+# What a failed exchange raises: refused or reset connections, timeouts and TLS errors (all
+# OSError), and responses that break the framing. All are worth another try.
+TRANSIENT = (HTTPError, OSError)
+
+
+class _Lines(Protocol):
+    """What response parsing reads from: a socket's file, buffered or not."""
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class Timeout(NamedTuple):
@@ -38,94 +71,215 @@ class Timeout(NamedTuple):
     read: float
 
 
-class Proxy(NamedTuple):
-    host: str
-    port: int
-    headers: dict[str, str]  # Proxy-Authorization when the proxy URL carries user:password
+class Headers(dict[str, str]):
+    """Response headers with case-insensitive names (stored lower-case; repeats joined by ", ").
+    ``get`` of a missing header gives "" unless told otherwise."""
+
+    def get(self, name: str, default: str = "") -> str:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
 
 
-def proxy_for(scheme: str, host: str, port: int, environ: Mapping[str, str] = os.environ) -> Proxy | None:
-    """The proxy for one origin, from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case), by the
-    rules docker and skopeo follow (Go's ProxyFromEnvironment): loopback hosts are never proxied;
-    NO_PROXY lists hosts, domains (``example.com`` and ``.example.com`` both match subdomains),
-    IP addresses and CIDR ranges, each optionally with ``:port``, or ``*`` for everything."""
-    name = "https_proxy" if scheme == "https" else "http_proxy"
-    url = environ.get(name) or environ.get(name.upper())
-    if not url or is_loopback_host(host) or _bypassed(host, port, environ.get("no_proxy") or environ.get("NO_PROXY")):
-        return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise SourceError(f"proxy {url!r} in ${name.upper()} is not supported: give an http://HOST:PORT proxy")
-    headers = {}
-    if parts.username is not None:
-        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
-    return Proxy(parts.hostname, parts.port or 80, headers)
+class Connection:
+    """One TCP (or TLS) connection to an origin, directly or through a proxy."""
+
+    def __init__(self, host: str, port: int, *, timeout: Timeout, tls: ssl.SSLContext | None = None,
+                 proxy: Proxy | None = None) -> None:
+        self.host, self.port = host, port
+        self._timeout = timeout
+        self._tls = tls
+        self._proxy = proxy
+        self.sock: socket.socket | None = None
+        self.reader: BinaryIO | None = None
+
+    def open(self) -> None:
+        address = (self._proxy.host, self._proxy.port) if self._proxy else (self.host, self.port)
+        sock = socket.create_connection(address, timeout=self._timeout.connect)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests are one write, then wait
+            if self._tls is not None:
+                if self._proxy is not None:
+                    _open_tunnel(sock, self.host, self.port, self._proxy)
+                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+            sock.settimeout(self._timeout.read)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.reader = sock.makefile("rb")  # type: ignore[assignment]
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.reader = None
+
+    def still_open(self) -> bool:
+        """False when an idle connection has something to read: the server closed it (or sent junk)."""
+        if self.sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def send(self, method: str, target: str, headers: dict[str, str], body: Body) -> None:
+        if self.sock is None:
+            self.open()
+        assert self.sock is not None
+        length = _body_length(body)
+        if length is None and method in ("POST", "PUT", "PATCH"):
+            length = 0  # an empty body still says so: some servers and proxies insist (411)
+        lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
+        if length is not None and not any(name.lower() == "content-length" for name in headers):
+            lines.append(f"Content-Length: {length}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if isinstance(body, bytes) and len(body) <= SEND_BLOCK:
+            self.sock.sendall(head + body)
+            return
+        self.sock.sendall(head)
+        if isinstance(body, bytes):
+            self.sock.sendall(body)
+        elif body is not None:
+            body.seek(0)
+            if self._tls is None:
+                self.sock.sendfile(body)  # type: ignore[arg-type]
+            else:
+                while block := body.read(SEND_BLOCK):
+                    self.sock.sendall(block)
 
 
-def is_loopback_host(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1 (a bare host name or address, no port)."""
-    if host == "localhost":
-        return True
+def _open_tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy) -> None:
+    """CONNECT host:port through the proxy; TLS then runs end to end with the registry."""
+    lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}",
+             *(f"{name}: {value}" for name, value in proxy.headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    reader = sock.makefile("rb", buffering=0)  # unbuffered: no byte of the TLS handshake may be taken
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        status, _ = _read_line_status(reader)
+        while _read_line(reader).strip():
+            pass
+    finally:
+        reader.close()
+    if status != 200:
+        raise OSError(f"proxy {proxy.host}:{proxy.port} refused the tunnel to {host}:{port} (HTTP {status})")
 
 
-def _bypassed(host: str, port: int, no_proxy: str | None) -> bool:
-    for entry in (e.strip().lower() for e in (no_proxy or "").split(",")):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        entry_host, entry_port = _split_host_port(entry)
-        if entry_port is not None and entry_port != port:
-            continue
-        if "/" in entry_host:
-            try:
-                if ipaddress.ip_address(host) in ipaddress.ip_network(entry_host, strict=False):
-                    return True
-            except ValueError:
-                pass
-            continue
-        domain = entry_host.lstrip(".")
-        if host.lower() == domain or host.lower().endswith("." + domain):
-            return True
-    return False
+def _body_length(body: Body) -> int | None:
+    if body is None:
+        return None
+    if isinstance(body, bytes):
+        return len(body)
+    return os.fstat(body.fileno()).st_size
 
 
-def _split_host_port(entry: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, a bare IPv6 address or a CIDR range."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, int(rest[1:]) if rest[1:].isdigit() else None
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return host, int(port) if port.isdigit() else None
-    return entry, None
+def _read_line(reader: _Lines) -> bytes:
+    line = reader.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise ProtocolError("a line of the response is too long")
+    return line
+
+
+def _read_line_status(reader: _Lines) -> tuple[int, str]:
+    """The status code and HTTP version of a status line."""
+    line = _read_line(reader)
+    if not line:
+        raise ProtocolError("the connection closed before a response arrived")
+    version, _, rest = line.decode("latin-1").partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
+    return int(code), version
+
+
+def _read_headers(reader: _Lines) -> Headers:
+    found: dict[str, str] = {}
+    for _ in range(MAX_HEADERS):
+        line = _read_line(reader)
+        if not line:
+            raise IncompleteBody("the connection closed inside the response headers")
+        if line in (b"\r\n", b"\n"):
+            return Headers(found)
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon:
+            raise ProtocolError(f"malformed header line {line[:80]!r}")
+        key, value = name.strip().lower(), value.strip()
+        found[key] = f"{found[key]}, {value}" if key in found else value
+    raise ProtocolError(f"more than {MAX_HEADERS} header lines")
 
 
 class Response:
     """One response: status, headers, and a body to stream. Call :meth:`release` when done."""
 
-    def __init__(self, raw: http.client.HTTPResponse, pool: Pool, origin: str, connection: http.client.HTTPConnection):
-        self._raw = raw
-        self._pool = pool
-        self._origin = origin
-        self._connection: http.client.HTTPConnection | None = connection
-        self.status = raw.status
-        self.headers = raw.headers  # case-insensitive .get()
+    def __init__(self, pool: Pool, origin: str, connection: Connection, method: str) -> None:
+        self._pool, self._origin = pool, origin
+        self._connection: Connection | None = connection
+        reader = connection.reader
+        assert reader is not None
+        self._reader = reader
+        while True:
+            self.status, version = _read_line_status(reader)
+            self.headers = _read_headers(reader)
+            if not 100 <= self.status < 200:
+                break  # 1xx answers (100 Continue) are interim: the real one follows
+        tokens = {t.strip().lower() for t in self.headers.get("Connection").split(",")}
+        self._keep_alive = "close" not in tokens and (version != "HTTP/1.0" or "keep-alive" in tokens)
+        self._chunked = "chunked" in self.headers.get("Transfer-Encoding").lower()
+        self._chunk_left = 0
+        length = self.headers.get("Content-Length")
+        self._remaining: int | None = int(length) if length.isdigit() and not self._chunked else None
+        self._done = method == "HEAD" or self.status in _NO_BODY_STATUSES or self._remaining == 0
+        if not self._done and self._remaining is None and not self._chunked:
+            self._keep_alive = False  # the body runs to the end of the connection
 
     def read(self, amount: int) -> bytes:
-        return self._raw.read(amount)
+        """Up to ``amount`` bytes of the body; b"" at its end. Raises IncompleteBody on a cut."""
+        if self._done:
+            return b""
+        if self._chunked:
+            return self._read_chunk(amount)
+        if self._remaining is None:
+            data = self._reader.read(amount)
+            self._done = not data
+            return data
+        data = self._reader.read(min(amount, self._remaining))
+        if not data:
+            raise IncompleteBody(f"the body ended {self._remaining} bytes short")
+        self._remaining -= len(data)
+        self._done = self._remaining == 0
+        return data
+
+    def _read_chunk(self, amount: int) -> bytes:
+        if self._chunk_left == 0:
+            line = _read_line(self._reader)
+            if not line:
+                raise IncompleteBody("the chunked body ended without its last chunk")
+            try:
+                self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ProtocolError(f"malformed chunk size {line[:80]!r}") from None
+            if self._chunk_left == 0:
+                _read_headers(self._reader)  # trailers, then the empty line that ends the body
+                self._done = True
+                return b""
+        data = self._reader.read(min(amount, self._chunk_left))
+        if not data:
+            raise IncompleteBody("the chunked body was cut inside a chunk")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and self._reader.read(2) != b"\r\n":
+            raise ProtocolError("a chunk did not end with CRLF")
+        return data
 
     def stream(self, chunk_size: int) -> Iterator[bytes]:
-        """The body in chunks; raises IncompleteRead when it ends before its Content-Length."""
-        while chunk := self._raw.read(chunk_size):
+        while chunk := self.read(chunk_size):
             yield chunk
-        if self._raw.length:  # http.client returns b"" at a cut instead of raising
-            raise http.client.IncompleteRead(b"", self._raw.length)
 
     def read_all(self, limit: int) -> bytes:
         """The whole (small) body; raises ValueError when it is larger than ``limit``."""
@@ -142,17 +296,15 @@ class Response:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        if self._raw.length == 0 and not self._raw.chunked:
-            self._raw.close()  # nothing left to read (a HEAD, an empty body): the connection is reusable
-        if drain and not self._raw.isclosed():
+        if drain and not self._done:
             try:
                 self.read_all(DRAIN_LIMIT)
             except (ValueError, *TRANSIENT):
                 pass
-        if not self._raw.isclosed():
-            self._raw.close()
+        if self._done and self._keep_alive:
+            self._pool.put(self._origin, connection)
+        else:
             connection.close()
-        self._pool.put(self._origin, connection)
 
 
 class Pool:
@@ -162,7 +314,7 @@ class Pool:
         self._max_idle = max_idle
         self._timeout = timeout
         self._verify_tls = verify_tls
-        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[str, list[Connection]] = {}
         self._proxies: dict[str, Proxy | None] = {}
         self._lock = threading.Lock()
         self._tls_context: ssl.SSLContext | None = None
@@ -171,46 +323,37 @@ class Pool:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"Host": parts.netloc.rpartition("@")[2], **headers}
         proxy = self._proxy(origin)
         if proxy is not None and parts.scheme == "http":  # a plain-HTTP proxy takes the whole URL
             target, headers = origin + target, {**headers, **proxy.headers}
         connection, reused = self._take(origin)
         try:
-            raw = self._exchange(connection, method, target, headers, body)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            connection.close()
-            if not reused:
-                raise
-            # The server closed the idle connection just as we used it: once more on a new one.
-            raw = self._exchange(connection, method, target, headers, body)
+            try:
+                connection.send(method, target, headers, body)
+                return Response(self, origin, connection, method)
+            except (ProtocolError, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # The server closed the idle connection just as we used it: once more on a new one.
+                connection.close()
+                connection.send(method, target, headers, body)
+                return Response(self, origin, connection, method)
         except BaseException:
             connection.close()
             raise
-        return Response(raw, self, origin, connection)
 
-    def _exchange(
-        self, connection: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str], body: Body
-    ) -> http.client.HTTPResponse:
-        if connection.sock is None:  # new, or closed after the last response
-            connection.connect()
-            assert connection.sock is not None
-            connection.sock.settimeout(self._timeout.read)
-        if hasattr(body, "seek"):
-            body.seek(0)  # type: ignore[union-attr]
-        connection.request(method, target, body=body, headers=headers)
-        return connection.getresponse()
-
-    def _take(self, origin: str) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self, origin: str) -> tuple[Connection, bool]:
         with self._lock:
             idle = self._idle.get(origin)
             while idle:
                 connection = idle.pop()
-                if _still_open(connection):
+                if connection.still_open():
                     return connection, True
                 connection.close()
         return self._new(origin), False
 
-    def put(self, origin: str, connection: http.client.HTTPConnection) -> None:
+    def put(self, origin: str, connection: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self._max_idle:
@@ -224,23 +367,17 @@ class Pool:
             if origin in self._proxies:
                 return self._proxies[origin]
         parts = urlsplit(origin)
-        proxy = proxy_for(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        proxy = proxy_for(parts.scheme, parts.hostname or "", _port_of(origin))
         with self._lock:
             self._proxies[origin] = proxy
         return proxy
 
-    def _new(self, origin: str) -> http.client.HTTPConnection:
-        scheme, _, netloc = origin.partition("://")
-        proxy = self._proxy(origin)
-        address = f"{proxy.host}:{proxy.port}" if proxy else netloc
-        if scheme == "https":
-            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                address, timeout=self._timeout.connect, context=self._tls(), blocksize=SEND_BLOCK
-            )
-            if proxy is not None:  # CONNECT through the proxy; TLS runs end to end with the registry
-                connection.set_tunnel(netloc, headers=proxy.headers)
-            return connection
-        return http.client.HTTPConnection(address, timeout=self._timeout.connect, blocksize=SEND_BLOCK)
+    def _new(self, origin: str) -> Connection:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ProtocolError(f"cannot connect to {origin!r}: only http:// and https:// URLs")
+        tls = self._tls() if parts.scheme == "https" else None
+        return Connection(parts.hostname, _port_of(origin), timeout=self._timeout, tls=tls, proxy=self._proxy(origin))
 
     def _tls(self) -> ssl.SSLContext:
         """One TLS context for the pool, made on the first HTTPS origin (loading CAs takes time)."""
@@ -263,12 +400,6 @@ class Pool:
             connection.close()
 
 
-def _still_open(connection: http.client.HTTPConnection) -> bool:
-    """An idle socket with something to read has been closed by the server (or sent junk)."""
-    if connection.sock is None:
-        return True  # http.client reconnects on the next request
-    try:
-        readable, _, _ = select.select([connection.sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
+def _port_of(origin: str) -> int:
+    parts = urlsplit(origin)
+    return parts.port or (443 if parts.scheme == "https" else 80)
