@@ -7,7 +7,9 @@ For each size, a single-layer image of random bytes is imported into a private d
   skopeo copy docker-daemon:NAME oci:DIR               (what a user does today)
   layerhoard pull docker-daemon:NAME, empty cache      (cold: one save stream, zstd into the store)
   layerhoard pull docker-daemon:NAME, cached           (warm: inspect only, no save call)
-Wall times are the median of --runs; peak RSS is the child's own (wait4). The daemon's debug log
+Wall times and CPU (user + system seconds of the process itself) are the median of --runs; peak
+RSS is the child's own (VmHWM). The daemon's own save stream is timed once per size (time to its
+first byte, then to its end) to show how much of every contender's time is spent waiting. The daemon's debug log
 proves how many `GET /images/…/get` each layerhoard run made. Targets (issue 4): cold at most 1.1x
 docker save; peak RSS at most 100 MB and flat from 1 GB to 2 GB; cached under 0.5 s, no save.
 """
@@ -38,6 +40,7 @@ LAYERHOARD = [sys.executable, "-m", "cli.main"]
 class Measured:
     wall: float
     peak_rss: int
+    cpu: float = 0.0  # user + system seconds of the process itself (its children not counted)
 
 
 def _hwm(pid: int) -> int:
@@ -64,14 +67,43 @@ def measure(argv: Sequence[str], env: dict[str, str] | None = None) -> Measured:
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(process.stderr.read()))  # type: ignore[union-attr]
     reader.start()
-    while process.poll() is None:
+    while True:
         peak = max(peak, _hwm(process.pid))
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
         time.sleep(0.02)
     wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}: {b''.join(errors).decode()[-500:]}")
-    return Measured(wall, peak)
+    return Measured(wall, peak, usage.ru_utime + usage.ru_stime)
+
+
+def raw_save(socket_path: Path, name: str) -> tuple[float, float]:
+    """The daemon alone: seconds to the save stream's first byte, and from there to its end.
+
+    dockerd before 25 exports the whole image to a temporary folder before it sends a byte, so
+    every client waits the first figure; only the second is left to read, check and store.
+    """
+    import http.client
+    import socket
+
+    connection = http.client.HTTPConnection("localhost")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(socket_path))
+    connection.sock = sock
+    start = time.perf_counter()
+    connection.request("GET", f"/images/{name}/get")
+    response = connection.getresponse()
+    buffer = memoryview(bytearray(1 << 20))
+    first = None
+    while response.readinto(buffer):
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    connection.close()
+    return (first or end) - start, end - (first or end)
 
 
 def random_tar(path: Path, size: int) -> None:
@@ -102,6 +134,7 @@ def bench_size(daemon: Daemon, work: Path, size: int, runs: int) -> dict[str, ob
     saved = work / "saved.tar"
     measure(["docker", "save", "-o", str(saved), name], env)  # warm the page cache for every contender
     saved.unlink()
+    first_byte, streaming = raw_save(daemon.socket, name)
 
     save, copy, cold, cached = [], [], [], []
     cold_saves: list[int] = []
@@ -125,12 +158,17 @@ def bench_size(daemon: Daemon, work: Path, size: int, runs: int) -> dict[str, ob
         cached_saves.append(len(daemon.save_calls(mark)))
         shutil.rmtree(cache)
     daemon.docker("rmi", name, check=True)
+    def summary(runs: list[Measured]) -> Measured:
+        return Measured(median([m.wall for m in runs]), max(m.peak_rss for m in runs), median([m.cpu for m in runs]))
+
     return {
         "size": size,
-        "save": Measured(median([m.wall for m in save]), max(m.peak_rss for m in save)),
-        "skopeo": Measured(median([m.wall for m in copy]), max(m.peak_rss for m in copy)),
-        "cold": Measured(median([m.wall for m in cold]), max(m.peak_rss for m in cold)),
-        "cached": Measured(median([m.wall for m in cached]), max(m.peak_rss for m in cached)),
+        "first_byte": first_byte,
+        "streaming": streaming,
+        "save": summary(save),
+        "skopeo": summary(copy),
+        "cold": summary(cold),
+        "cached": summary(cached),
         "cold_saves": max(cold_saves),
         "cached_saves": max(cached_saves),
     }
@@ -146,13 +184,19 @@ def report(results: list[dict[str, object]], runs: int) -> str:
             measured: Measured = result[key]  # type: ignore[assignment]
             saves = {"cold": result["cold_saves"], "cached": result["cached_saves"]}.get(key, "")
             rows.append([format_size(size), label, f"{measured.wall:.2f} s", f"{measured.wall / save.wall:.2f}x",
-                         f"{measured.peak_rss / 1e6:.0f} MB", saves])
+                         f"{measured.cpu:.2f} s", f"{measured.peak_rss / 1e6:.0f} MB", saves])
     info = machine(Path("/tmp"))
     header = (f"{info['cpu']}, {info['nproc']} cores, kernel {info['kernel']}, Python {info['python']}, "
-              f"{info['filesystem']}; median of {runs} run(s); single layer of random bytes\n\n")
-    return header + markdown_table(
-        ["image", "job", "wall", "vs docker save", "peak RSS", "save calls"], rows
+              f"{info['filesystem']}; median of {runs} run(s); single layer of random bytes; "
+              f"load average {os.getloadavg()[0]:.2f} at the end\n\n")
+    daemon_alone = "".join(
+        f"- {format_size(int(r['size']))}: the daemon's save stream alone (read and dropped): "  # type: ignore[call-overload]
+        f"first byte after {r['first_byte']:.2f} s, then {r['streaming']:.2f} s to its end\n"
+        for r in results
     )
+    return header + markdown_table(
+        ["image", "job", "wall", "vs docker save", "CPU (user+sys)", "peak RSS", "save calls"], rows
+    ) + "\n" + daemon_alone
 
 
 def main(argv: list[str]) -> int:
