@@ -6,10 +6,10 @@ before it is used to build any path, so ``sha256:../x`` can never reach the file
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import blake3
@@ -18,19 +18,44 @@ from cache.errors import DigestMismatch, InvalidDigest, SizeMismatch
 
 ALGORITHM = "sha256"
 _PATTERN = re.compile(r"sha256:([0-9a-f]{64})")
+_HEX = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20  # 1 MiB: large enough that hashing releases the GIL, small enough to stay cheap
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
 class Digest:
-    """A checked sha256 digest. ``str(d)`` gives ``sha256:<hex>``."""
+    """A checked sha256 digest: immutable, hashable, ordered. ``str(d)`` gives ``sha256:<hex>``.
 
+    Written out rather than a frozen dataclass: the dozen methods a dataclass generates are
+    compiled at import, and every command starts by importing this.
+    """
+
+    __slots__ = ("hex",)
     hex: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, hex: str) -> None:
         # isinstance first: re.fullmatch raises TypeError, not InvalidDigest, on a non-str
-        if not isinstance(self.hex, str) or not re.fullmatch(r"[0-9a-f]{64}", self.hex):
-            raise InvalidDigest(f"invalid sha256 hex {str(self.hex)[:80]!r}")
+        if not isinstance(hex, str) or not _HEX.fullmatch(hex):
+            raise InvalidDigest(f"invalid sha256 hex {str(hex)[:80]!r}")
+        object.__setattr__(self, "hex", hex)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Digest is immutable (setting {name!r})")
+
+    def __reduce__(self) -> tuple[type[Digest], tuple[str]]:  # copy and pickle without __setattr__
+        return Digest, (self.hex,)
+
+    def __eq__(self, other: object) -> bool:
+        return self.hex == other.hex if isinstance(other, Digest) else NotImplemented
+
+    def __lt__(self, other: Digest) -> bool:
+        return self.hex < other.hex if isinstance(other, Digest) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.hex)
+
+    def __repr__(self) -> str:
+        return f"Digest(hex={self.hex!r})"
 
     def __str__(self) -> str:
         return f"{ALGORITHM}:{self.hex}"

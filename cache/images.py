@@ -7,8 +7,7 @@ index.json can always open all of it (or gets a clear "evicted, fetch again" err
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cache.digest import Digest
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest
@@ -29,8 +28,7 @@ class BlobsEvicted(BlobNotFound):
     """An image could not be recorded: blobs it needs are gone (prune or gc removed them meanwhile)."""
 
 
-@dataclass(frozen=True)
-class CachedImage:
+class CachedImage(NamedTuple):
     """One platform's image as stored: its manifest, config, and layers readable as streams."""
 
     store: BlobStore

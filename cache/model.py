@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import platform as host_platform
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from cache.digest import Digest, parse_digest, sha256_of
 from cache.errors import InvalidDigest, InvalidManifest
@@ -45,8 +46,7 @@ def compression_of(media_type: str) -> str:
     return "none"
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     os: str
     architecture: str
     variant: str | None = None
@@ -93,13 +93,12 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(NamedTuple):
     media_type: str
     digest: Digest
     size: int
     platform: Platform | None = None
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = MappingProxyType({})  # read-only: a default shared by all
     urls: tuple[str, ...] = ()
 
     @classmethod
@@ -149,8 +148,7 @@ def _load_json(data: bytes, what: str, limit: int) -> dict[str, Any]:
     return document
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """An image manifest (OCI or Docker schema 2) with the exact bytes it came from."""
 
     raw: bytes
@@ -166,8 +164,7 @@ class Manifest:
         return Descriptor(self.media_type, self.digest, len(self.raw), platform)
 
 
-@dataclass(frozen=True)
-class Index:
+class Index(NamedTuple):
     """An OCI index or Docker manifest list with the exact bytes it came from."""
 
     raw: bytes
@@ -226,8 +223,7 @@ def parse_manifest(raw: bytes, content_type: str | None = None, what: str = "man
     return parsed
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     raw: bytes
     diff_ids: tuple[Digest, ...]
     platform: Platform | None

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest, InvalidReference
@@ -25,8 +25,7 @@ _DOMAIN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 
 
-@dataclass(frozen=True)
-class ImageRef:
+class ImageRef(NamedTuple):
     """A normalised registry reference: registry, repository, and a tag and/or a digest."""
 
     registry: str
@@ -93,24 +92,21 @@ class ImageRef:
         return out
 
 
-@dataclass(frozen=True)
-class RegistrySource:
+class RegistrySource(NamedTuple):
     ref: ImageRef
 
     def __str__(self) -> str:
         return f"docker://{self.ref}"
 
 
-@dataclass(frozen=True)
-class DaemonSource:
+class DaemonSource(NamedTuple):
     name: str  # as the daemon knows it: NAME:TAG, or an image ID
 
     def __str__(self) -> str:
         return f"docker-daemon:{self.name}"
 
 
-@dataclass(frozen=True)
-class LayoutSource:
+class LayoutSource(NamedTuple):
     path: str
     ref: str | None
 
@@ -118,8 +114,7 @@ class LayoutSource:
         return f"oci:{self.path}" + (f":{self.ref}" if self.ref else "")
 
 
-@dataclass(frozen=True)
-class ArchiveSource:
+class ArchiveSource(NamedTuple):
     path: str
 
     def __str__(self) -> str:

@@ -27,9 +27,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cache.digest import CHUNK, Digest, Hasher, check, hash_file, iter_chunks, parse_digest, sha256_of
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
@@ -69,8 +68,7 @@ def disk_full(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
-@dataclass(frozen=True)
-class CorruptBlob:
+class CorruptBlob(NamedTuple):
     digest: Digest
     reason: str
     moved_to: Path
