@@ -6,12 +6,13 @@
                                 oci-layout; layers uncompressed (graph drivers) or the registry's
                                 gzip blobs (containerd image store)
 
-The stream is read once, front to back (``tarfile`` mode ``r|``): nothing seeks, nothing is
+The stream is read once, front to back (:mod:`cache.tarstream`): nothing seeks, nothing is
 spooled to a temporary tarball, no layer is held in memory. Metadata files are small and kept;
 each layer is hashed as it passes and, when a :class:`LayerChooser` says it is new, written at
 the same time into a staged blob (our fixed zstd for an uncompressed tar, the bytes as they are
-for a compressed blob). Links (docker save links duplicate layers) are recorded and resolved
-later. What the image is (config, layer order) is decided afterwards by
+for a compressed blob). Layer bytes go from the stream's ``readinto`` straight into buffers
+that :class:`BackgroundSink` allocates once and cycles between the threads. Links (docker save
+links duplicate layers) are recorded and resolved later. What the image is (config, layer order) is decided afterwards by
 :mod:`cache.sources.saveimage`; nothing becomes visible in the store here.
 """
 
