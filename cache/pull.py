@@ -9,8 +9,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cache.errors import SourceError
 from cache.images import BlobsEvicted
@@ -26,8 +25,7 @@ if TYPE_CHECKING:
     from cache.tier import RemoteTier
 
 
-@dataclass
-class PullOptions:
+class PullOptions(NamedTuple):
     platform: Platform | None = None
     all_platforms: bool = False
     jobs: int = DEFAULT_JOBS

@@ -9,8 +9,7 @@ the blob becomes visible, and the verified (blob, diff_id) pair is recorded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cache.compression import CorruptLayer, DiffIdHasher
 from cache.digest import Digest
@@ -32,8 +31,7 @@ class _StoreWriteFailed(LayerhoardError):
         self.error = error
 
 
-@dataclass
-class PulledManifest:
+class PulledManifest(NamedTuple):
     manifest: Manifest
     config: ImageConfig
     layers: list[LayerReport]

@@ -19,8 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode, urljoin, urlparse
 
 from cache.digest import Digest, sha256_of
@@ -53,8 +52,7 @@ def is_loopback(host: str) -> bool:
     return is_loopback_host(urlparse(f"//{host}").hostname or "")
 
 
-@dataclass
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     attempts: int = 5
     backoff: float = 0.5  # seconds, doubled each try
     max_wait: float = 30.0

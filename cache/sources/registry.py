@@ -8,8 +8,7 @@ against its bytes, every layer's digest and diff_id while it streams.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cache.digest import Digest, sha256_of
 from cache.errors import DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
@@ -28,8 +27,7 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
-class RegistryPullOptions:
+class RegistryPullOptions(NamedTuple):
     platform: Platform | None = None
     all_platforms: bool = False
     jobs: int = DEFAULT_JOBS
