@@ -17,8 +17,6 @@ blocks simply ends, as with tarfile: what was read is whole.
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import struct
 import zlib
 from collections.abc import Iterator
@@ -273,8 +271,12 @@ class _Decompressing:
     """A gzip, bzip2 or xz stream decompressed into the caller's buffer, output bounded per call."""
 
     def __init__(self, kind: str, source: Readable) -> None:
+        import bz2  # only for the rare compressed tarball: a cached pull never needs them
+        import lzma
+
         self._kind = kind
         self._source = source
+        self._errors = (zlib.error, OSError, EOFError, lzma.LZMAError)
         self._inflater: Any = (
             zlib.decompressobj(16 + zlib.MAX_WBITS) if kind == "gzip"
             else bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor()
@@ -287,7 +289,7 @@ class _Decompressing:
         while not self._inflater.eof:
             try:  # an empty input still gives output the last call held back (bounded by ``want``)
                 out = self._inflater.decompress(self._pending, want)
-            except (zlib.error, OSError, EOFError, lzma.LZMAError) as error:
+            except self._errors as error:
                 raise TarFormatError(f"{self._kind} data is corrupt: {error}") from None
             self._pending = self._inflater.unconsumed_tail if self._kind == "gzip" else b""
             if out:

@@ -12,8 +12,9 @@ each layer is hashed as it passes and, when a :class:`LayerChooser` says it is n
 the same time into a staged blob (our fixed zstd for an uncompressed tar, the bytes as they are
 for a compressed blob). Layer bytes go from the stream's ``readinto`` straight into buffers
 that :class:`BackgroundSink` allocates once and cycles between the threads. Links (docker save
-links duplicate layers) are recorded and resolved later. What the image is (config, layer order) is decided afterwards by
-:mod:`cache.sources.saveimage`; nothing becomes visible in the store here.
+links duplicate layers) are recorded and resolved later. What the image is (config, layer
+order) is decided afterwards by :mod:`cache.sources.saveimage`; nothing becomes visible in the
+store here.
 """
 
 from __future__ import annotations
