@@ -379,3 +379,13 @@ def test_bodies_are_sent_with_their_length(raw: _RawServer, tmp_path: Path) -> N
     pool.request("POST", _raw_url(raw, "/session"), {}).release(drain=True)
     assert raw.uploads == [3_000_000, 2]
     assert raw.connections == 1
+
+
+def test_https_is_verified_unless_told_otherwise(tmp_path: Path) -> None:
+    server = _Server(("127.0.0.1", 0), _handler())
+    server.socket = _self_signed(tmp_path).wrap_socket(server.socket, server_side=True)
+    url = f"https://127.0.0.1:{server.server_address[1]}/blob"
+    with in_thread(server):
+        assert _get(Pool(max_idle=4, timeout=Timeout(5, 5), verify_tls=False), url) == BODY
+        with pytest.raises(ssl.SSLCertVerificationError):  # an OSError: the client retries, then says so
+            Pool(max_idle=4, timeout=Timeout(5, 5)).request("GET", url, {})
