@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import blake3
@@ -76,3 +77,16 @@ def test_sink_output_is_the_fixed_zstd_encoding(tmp_path: Path, buffer_bytes: in
     assert blob.digest.hex == hashlib.sha256(expected).hexdigest()
     assert blob.blake3 == blake3.blake3(expected).hexdigest()
     assert blob.size == len(expected)
+
+
+def test_small_blob_starts_no_thread(tmp_path: Path) -> None:
+    """Images have many small layers: one below a block is written by finish() alone."""
+    before = threading.active_count()
+    writer = DirectFile(tmp_path / "small")
+    writer.write(os.urandom(DIRECT_BLOCK - 1))
+    assert threading.active_count() == before
+    writer.write(b"xy")  # the first block is full: now it is written in the background
+    assert threading.active_count() > before
+    writer.finish()
+    assert threading.active_count() == before
+    assert (tmp_path / "small").stat().st_size == DIRECT_BLOCK + 1

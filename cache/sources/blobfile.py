@@ -119,17 +119,22 @@ class DirectFile:
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(DIRECT_BLOCKS):
-            self._free.put(memoryview(mmap.mmap(-1, DIRECT_BLOCK)))  # anonymous maps are page-aligned
-        self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
-        self._block = self._free.get()
+        self._blocks = 1
+        self._block = memoryview(mmap.mmap(-1, DIRECT_BLOCK))  # anonymous maps are page-aligned
         self._filled = 0
         self._offset = 0  # where the block being filled goes
         self._written = 0
         self._lock = threading.Lock()
-        self._flusher = _Flusher(self._fd)
+        self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._closed = False
+        # threads, the flusher and more blocks only once a first block is full: a blob smaller
+        # than one block is written by finish() alone
+        self._flusher: _Flusher | None = None
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> None:
+        self._flusher = _Flusher(self._fd)
         self._threads = [threading.Thread(target=self._run, name="layerhoard-io", daemon=True) for _ in range(WRITERS)]
         for thread in self._threads:
             thread.start()
@@ -149,7 +154,7 @@ class DirectFile:
         with self._lock:
             before = self._written
             self._written += count
-            if before // FLUSH_EVERY != self._written // FLUSH_EVERY:
+            if before // FLUSH_EVERY != self._written // FLUSH_EVERY and self._flusher is not None:
                 self._flusher.poke()
 
     def _write_all(self, view: memoryview, offset: int) -> None:
@@ -180,10 +185,18 @@ class DirectFile:
             if self._filled == DIRECT_BLOCK:
                 if self._error is not None:
                     raise self._error
+                if not self._threads:
+                    self._start()
                 self._full.put((self._block, self._offset))
                 self._offset += DIRECT_BLOCK
-                self._block = self._free.get()  # waits while every block is being written
+                self._block = self._next_block()
                 self._filled = 0
+
+    def _next_block(self) -> memoryview:
+        if self._blocks < DIRECT_BLOCKS and self._free.empty():
+            self._blocks += 1
+            return memoryview(mmap.mmap(-1, DIRECT_BLOCK))
+        return self._free.get()  # waits while every block is being written
 
     def _stop(self) -> None:
         if any(thread.is_alive() for thread in self._threads):
@@ -191,7 +204,9 @@ class DirectFile:
                 self._full.put(None)
             for thread in self._threads:
                 thread.join()
-        self._flusher.stop()
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
 
     def finish(self) -> None:
         self._stop()

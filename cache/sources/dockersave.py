@@ -304,13 +304,13 @@ class SaveReader:
             known_diff_id = self.store.index.diff_id_of(named)  # verified when it was stored
         diff_hasher = DiffIdHasher(compression) if compression != "none" and known_diff_id is None else None
         sink = None
+        buffer_bytes = min(BUFFER_BYTES, max(size, SNIFF_BYTES))  # a small layer, a small buffer
         if store_it:
-            if compression == "none":
-                sink = BackgroundSink(contents.staging.writer(OCI_LAYER_ZSTD), zstd_compressor())
-            else:
-                sink = BackgroundSink(contents.staging.writer(OCI_TYPE_OF[compression]))
+            compressor = zstd_compressor() if compression == "none" else None
+            media_type = OCI_LAYER_ZSTD if compression == "none" else OCI_TYPE_OF[compression]
+            sink = BackgroundSink(contents.staging.writer(media_type), compressor, buffer_bytes)
         sha = hashlib.sha256()
-        own = None if sink is not None else memoryview(bytearray(BUFFER_BYTES))
+        own = None if sink is not None else memoryview(bytearray(buffer_bytes))
         try:
             first = True
             while first or tar.left:

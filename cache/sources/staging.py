@@ -114,8 +114,8 @@ class BackgroundSink:
     def __init__(self, writer: StagedWriter, compressor: Any | None = None, buffer_bytes: int = BUFFER_BYTES) -> None:
         self._writer = writer
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(BUFFERS):
-            self._free.put(memoryview(bytearray(buffer_bytes)))
+        self._buffer_bytes = buffer_bytes
+        self._buffers = 0  # made so far: a small layer never needs more than one
         self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
         self._output = _WritingThread(writer) if compressor is not None else None
         self._zstd = (
@@ -154,6 +154,9 @@ class BackgroundSink:
         """A free buffer to fill; waits while every buffer is still being compressed."""
         if self._error is not None:
             raise self._error
+        if self._buffers < BUFFERS and self._free.empty():
+            self._buffers += 1
+            return memoryview(bytearray(self._buffer_bytes))
         return self._free.get()
 
     def submit(self, buffer: memoryview, length: int) -> None:
