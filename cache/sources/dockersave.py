@@ -11,7 +11,7 @@ spooled to a temporary tarball, no layer is held in memory. Metadata files are s
 each layer is hashed as it passes and, when a :class:`LayerChooser` says it is new, written at
 the same time into a staged blob (our fixed zstd for an uncompressed tar, the bytes as they are
 for a compressed blob). Layer bytes go from the stream's ``readinto`` straight into buffers
-that :class:`BackgroundSink` allocates once and cycles between the threads. Links (docker save
+that :class:`BackgroundSink` makes once and cycles between the threads. Links (docker save
 links duplicate layers) are recorded and resolved later. What the image is (config, layer
 order) is decided afterwards by :mod:`cache.sources.saveimage`; nothing becomes visible in the
 store here.
@@ -312,15 +312,13 @@ class SaveReader:
         sha = hashlib.sha256()
         own = None if sink is not None else memoryview(bytearray(buffer_bytes))
         try:
-            first = True
-            while first or tar.left:
+            lead = head  # the bytes read to sniff the format lead the first buffer
+            while lead or tar.left:
                 buffer = sink.buffer() if sink is not None else own
                 assert buffer is not None
-                start = len(head) if first else 0
-                if first:  # the bytes read to sniff the format lead the first buffer
-                    buffer[:start] = head
-                    first = False
-                length = start + tar.readinto(buffer[start:])
+                buffer[: len(lead)] = lead
+                length = len(lead) + tar.readinto(buffer[len(lead) :])
+                lead = b""
                 view = buffer[:length]
                 sha.update(view)
                 if diff_hasher is not None:

@@ -107,8 +107,9 @@ class BackgroundSink:
     The reading thread takes a free buffer (:meth:`buffer`), fills it straight from the stream,
     hashes it and hands it over (:meth:`submit`); the compressing thread runs zstd on it and gives
     the buffer back, and a writing thread hashes and writes zstd's output. hashlib, zstd, blake3
-    and file writes release the GIL, so the cores share the work; the buffers are allocated once,
-    so no read faults in fresh memory. Without a compressor the bytes are written as they are.
+    and file writes release the GIL, so the cores share the work. At most ``BUFFERS`` buffers are
+    made (on demand) and then reused, so reads never fault in fresh memory and memory stays
+    bounded. Without a compressor the bytes are written as they are.
     """
 
     def __init__(self, writer: StagedWriter, compressor: Any | None = None, buffer_bytes: int = BUFFER_BYTES) -> None:
