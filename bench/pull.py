@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> str:
             times["skopeo_existing"].append(timed([*skopeo_copy, f"oci:{work / 'skopeo-out'}:bench"]))
             shutil.rmtree(work / "cache", ignore_errors=True)
             times["cold"].append(timed([*layerhoard, "--cache-dir", str(work / "cache"), "-q", "pull", ref]))
+            os.sync()  # the cold runs' writeback must not land in the cached pulls' fsyncs
             for _ in range(args.warm_runs):  # short runs: more samples for a steady median
                 mark = registry.mark()
                 times["warm"].append(timed([*layerhoard, "--cache-dir", str(work / "cache"), "-q", "pull", ref]))

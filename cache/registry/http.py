@@ -98,8 +98,10 @@ class Connection:
         self.reader: BinaryIO | None = None
 
     def open(self) -> None:
-        address = (self._proxy.host, self._proxy.port) if self._proxy else (self.host, self.port)
-        sock = socket.create_connection(address, timeout=self._timeout.connect)
+        host, port = (self._proxy.host, self._proxy.port) if self._proxy else (self.host, self.port)
+        # An ASCII name goes to getaddrinfo as bytes: a str makes it load the idna codec (1.5 ms).
+        sock = socket.create_connection((host.encode() if host.isascii() else host, port),  # type: ignore[arg-type]
+                                        timeout=self._timeout.connect)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests are one write, then wait
             if self._tls is not None:
