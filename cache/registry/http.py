@@ -160,7 +160,8 @@ class Connection:
 
 def _open_tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy) -> None:
     """CONNECT host:port through the proxy; TLS then runs end to end with the registry."""
-    lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}",
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literals in brackets
+    lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}",
              *(f"{name}: {value}" for name, value in proxy.headers.items())]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     reader = sock.makefile("rb", buffering=0)  # unbuffered: no byte of the TLS handshake may be taken
@@ -171,7 +172,7 @@ def _open_tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy) -> Non
     finally:
         reader.close()
     if status != 200:
-        raise OSError(f"proxy {proxy.host}:{proxy.port} refused the tunnel to {host}:{port} (HTTP {status})")
+        raise OSError(f"proxy {proxy.host}:{proxy.port} refused the tunnel to {where} (HTTP {status})")
 
 
 def _body_length(body: Body) -> int | None:
