@@ -313,7 +313,8 @@ def open_tar(source: Readable) -> TarStream:
     while got < BLOCK and (step := source.readinto(memoryview(head)[got:]) or 0) > 0:
         got += step
     prefixed = _Prefixed(bytes(head[:got]), source)
-    for magic, kind in _MAGIC:
-        if head[:got].startswith(magic):
-            return TarStream(_Decompressing(kind, prefixed))
+    if not header_ok(head[:got]):  # a tar whose first name starts like a magic number stays a tar
+        for magic, kind in _MAGIC:
+            if head[:got].startswith(magic):
+                return TarStream(_Decompressing(kind, prefixed))
     return TarStream(prefixed)

@@ -131,6 +131,15 @@ def test_compressed_tars(kind: str) -> None:
     assert entries(data, step=333) == by_tarfile(data)
 
 
+def test_a_name_that_looks_like_a_magic_number_is_still_a_tar() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("BZh91AY&SY")  # starts like a bzip2 stream
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+    assert [(m[0], m[4]) for m in entries(buffer.getvalue())] == [("BZh91AY&SY", b"ok")]
+
+
 def test_truncated_compressed_tar_is_cut_off() -> None:
     data = build(tarfile.GNU_FORMAT, mode="w:gz")
     with pytest.raises(TarCutOff):
