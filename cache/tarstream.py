@@ -83,7 +83,7 @@ def _number(field: bytes) -> int:
         raise TarFormatError(f"invalid number {field!r} in a tar header") from None
 
 
-def header_ok(block: bytes | memoryview) -> bool:
+def header_ok(block: bytes | bytearray | memoryview) -> bool:
     """True when ``block`` is a tar header whose checksum matches (signed or unsigned, as tarfile)."""
     if len(block) < BLOCK:
         return False
