@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,17 +54,27 @@ class MetadataIndex:
         directory.mkdir(parents=True, exist_ok=True)
         # Concurrent first opens of one SQLite file can fail (diskcache#266): serialise them.
         with file_lock(lock_path):
-            self._cache = diskcache.Cache(
-                str(directory),
-                disk=JsonOnlyDisk,
-                eviction_policy="none",
-                size_limit=2**62,
-                cull_limit=0,
-                timeout=60,
-                statistics=False,
-                # Every value lives in SQLite, none in side files: one file set to share and rebuild.
-                disk_min_file_size=2**40,
-            )
+            # diskcache closes and reopens its connection while it opens. As the last connection to
+            # the file, that close would checkpoint the WAL and delete it: two fsyncs, and one more
+            # for the folder when the WAL is made again, in every command. A second connection held
+            # meanwhile makes it a plain close; SQLite still checkpoints the WAL as it grows.
+            self._db_path = directory / diskcache.core.DBNAME
+            keeper = sqlite3.connect(self._db_path, timeout=60)
+            try:
+                keeper.execute("PRAGMA schema_version").fetchall()  # connected only once it reads
+                self._cache = diskcache.Cache(
+                    str(directory),
+                    disk=JsonOnlyDisk,
+                    eviction_policy="none",
+                    size_limit=2**62,
+                    cull_limit=0,
+                    timeout=60,
+                    statistics=False,
+                    # Every value lives in SQLite, none in side files: one file set to share and rebuild.
+                    disk_min_file_size=2**40,
+                )
+            finally:
+                keeper.close()
 
     def close(self) -> None:
         self._cache.close()
@@ -172,9 +183,19 @@ class MetadataIndex:
     # -- pins ----------------------------------------------------------------------------------
     def pin(self, ref: str) -> None:
         self._set(f"pin/{ref}", time.time())
+        self._checkpoint()
 
     def unpin(self, ref: str) -> bool:
-        return bool(self._cache.delete(f"pin/{ref}"))
+        removed = bool(self._cache.delete(f"pin/{ref}"))
+        self._checkpoint()
+        return removed
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file, with fsyncs: for what a user set by hand (pins), which
+        unlike the rest of the index cannot be rebuilt. Commands end without closing the index, so
+        otherwise SQLite checkpoints only once the WAL has grown."""
+        with contextlib.closing(sqlite3.connect(self._db_path, timeout=60)) as connection:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def pins(self) -> set[str]:
         return {ref for ref, _ in self._iter("pin/")}
