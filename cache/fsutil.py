@@ -75,3 +75,36 @@ def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
             return
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+class InUse:
+    """Marks a temporary file in ingest/ as in use until :meth:`release`: a shared ``flock`` on
+    the file itself, which gc's :func:`remove_unless_in_use` cannot take over it. The kernel drops
+    it if the process dies, so an abandoned file becomes removable by itself."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove_unless_in_use(path: Path | str) -> bool:
+    """Unlink a temporary file unless a writer marked it :class:`InUse`. True when removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    finally:
+        os.close(fd)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest
-from cache.fsutil import file_lock
+from cache.fsutil import file_lock, remove_unless_in_use
 from cache.images import blobs_of
 from cache.store import BlobStore
 
@@ -150,10 +150,8 @@ def gc(store: BlobStore, grace: float = DEFAULT_GRACE, dry_run: bool = False) ->
         result.removed_blobs = [digest for digest, _ in removed]
         result.freed_bytes = sum(size for _, size in removed)
     for entry in os.scandir(store.ingest_dir):
-        if _older_than(entry.path, cutoff):
+        if _older_than(entry.path, cutoff) and (dry_run or _remove_unlocked_ingest(store, entry.name, entry.path)):
             result.removed_ingest += 1
-            if not dry_run:
-                _remove_unlocked_ingest(store, entry.name, entry.path)
     for entry in os.scandir(store.locks_dir):
         if entry.name.startswith("sha256-") and _older_than(entry.path, cutoff) and not dry_run:
             with file_lock(store.locks_dir / entry.name, blocking=False) as held:
@@ -163,14 +161,15 @@ def gc(store: BlobStore, grace: float = DEFAULT_GRACE, dry_run: bool = False) ->
     return result
 
 
-def _remove_unlocked_ingest(store: BlobStore, name: str, path: str) -> None:
-    """Remove a stale ingest file unless a writer holds its digest's lock right now."""
-    if name.startswith("sha256-"):
+def _remove_unlocked_ingest(store: BlobStore, name: str, path: str) -> bool:
+    """Remove a stale ingest file unless a writer is at it right now. True when removed."""
+    if name.startswith("sha256-"):  # a resumable download: its writer holds the digest's lock
         with file_lock(store.locks_dir / f"{name}.lock", blocking=False) as held:
             if held:
                 _unlink(path)
-    else:
-        _unlink(path)  # tmp-<uuid> files of ingest_unknown: old ones are abandoned
+            return held
+    # tmp-*, spool-*: their writers mark them in use until they are published or dropped
+    return remove_unless_in_use(path)
 
 
 def _unlink(path: str) -> None:

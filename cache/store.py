@@ -32,7 +32,7 @@ from typing import BinaryIO, NamedTuple
 
 from cache.digest import CHUNK, Digest, Hasher, check, hash_file, iter_chunks, parse_digest, sha256_of
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
-from cache.fsutil import file_lock, fsync_dir, write_atomic
+from cache.fsutil import InUse, file_lock, fsync_dir, write_atomic
 from cache.index import MetadataIndex
 from cache.shared import make_dirs, share_meta
 
@@ -375,8 +375,10 @@ class BlobStore:
         """
         temp = self.ingest_dir / f"tmp-{uuid.uuid4().hex}"
         hasher = Hasher()
+        in_use: InUse | None = None
         try:
             with open(temp, "wb") as handle:
+                in_use = InUse(temp)  # until adopted: gc leaves it alone, whatever its age
                 for chunk in iter_chunks(stream):
                     hasher.update(chunk)
                     handle.write(chunk)
@@ -386,6 +388,8 @@ class BlobStore:
             return hasher.digest, hasher.size, written
         finally:
             temp.unlink(missing_ok=True)
+            if in_use is not None:
+                in_use.release()
 
     def adopt(
         self, path: Path, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cache.digest import sha256_of
+from cache.fsutil import InUse
 from cache.store import BlobStore
 from cli.main import main
 from tests.images import build_image, random_layer
@@ -78,6 +79,16 @@ def test_du_counts_shared_layers_once(two_images: BlobStore) -> None:
     shared = min(two_images.size(d) for d in two_images.digests() if two_images.size(d) > 20_000)
     assert usage["dedup_saved_bytes"] == usage["image_bytes"] - usage["bytes"] == shared
     assert "in 7 blobs for 2 images" in run(two_images, "du").stdout
+
+
+def test_gc_leaves_a_temporary_file_in_use_alone_whatever_its_age(store: BlobStore) -> None:
+    staged = store.ingest_dir / "tmp-save-0123"
+    staged.write_bytes(b"a layer on its way")
+    os.utime(staged, (1, 1))  # as old as can be: only the mark protects it
+    in_use = InUse(staged)
+    assert run_json(store, "gc", "--grace", "0s")["removed_ingest"] == 0 and staged.exists()
+    in_use.release()  # published, dropped, or its process died
+    assert run_json(store, "gc", "--grace", "0s")["removed_ingest"] == 1 and not staged.exists()
 
 
 @pytest.mark.parametrize("mode", ["--fast", "--full"])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError
+from cache.fsutil import InUse
 from cache.images import missing_blobs, record_image
 from cache.model import Index, Manifest, Platform, parse_manifest_or_index
 from cache.registry.client import CHUNK, RegistryClient
@@ -191,9 +192,11 @@ class Upstreams:
                 # Clients tail a spool file written without buffering: the store's writer writes
                 # behind on its own thread, so its file is no guide to which bytes are readable.
                 spool = self.store.ingest_dir / f"spool-{uuid.uuid4().hex}"
+                in_use: InUse | None = None
                 try:
                     with open(spool, "wb", buffering=0) as out, \
                             self._client(repo.registry).open_blob(repo.path, flight.digest) as response:
+                        in_use = InUse(spool)  # gc leaves it alone while it fills, whatever its age
                         length = response.headers.get("Content-Length", "")
                         flight._set(path=spool, size=int(length) if length.isdigit() else None, state="fetching")
                         for chunk in response.iter_content(CHUNK):
@@ -203,6 +206,8 @@ class Upstreams:
                     writer.commit(source=f"docker://{repo.full}")
                 finally:
                     spool.unlink(missing_ok=True)  # readers keep their open descriptors
+                    if in_use is not None:
+                        in_use.release()
             flight._set(state="done")
         except BlobNotFound as error:
             flight._set(state="failed", error=RegistryError("BLOB_UNKNOWN", str(error), {"digest": str(flight.digest)}))

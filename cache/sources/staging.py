@@ -18,6 +18,7 @@ from typing import Any
 import zstandard
 
 from cache.digest import Digest, Hasher
+from cache.fsutil import InUse
 from cache.sources.blobfile import open_blob_file
 from cache.store import BlobStore
 
@@ -181,10 +182,12 @@ class Staging:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self._writers: list[StagedWriter] = []
+        self._in_use: dict[Path, InUse] = {}  # until published or dropped: gc leaves these files alone
 
     def writer(self, media_type: str) -> StagedWriter:
         writer = StagedWriter(self.store.ingest_dir / f"tmp-save-{uuid.uuid4().hex}", media_type)
         self._writers.append(writer)
+        self._in_use[writer.path] = InUse(writer.path)
         return writer
 
     def publish(self, blob: StagedBlob, source: str) -> bool:
@@ -193,9 +196,15 @@ class Staging:
             return self.store.adopt(blob.path, blob.digest, blob.size, blob.blake3, blob.media_type, source)
         finally:
             blob.path.unlink(missing_ok=True)
+            in_use = self._in_use.pop(blob.path, None)
+            if in_use is not None:
+                in_use.release()
 
     def discard(self) -> None:
         """Drop every file this stream staged (after an error, or once published)."""
+        for in_use in self._in_use.values():
+            in_use.release()
+        self._in_use.clear()
         for writer in self._writers:
             writer.close()
             writer.path.unlink(missing_ok=True)
