@@ -25,6 +25,8 @@ from cache.store import BlobStore
 from cache.units import parse_duration, parse_size
 
 CONFIG_FILE = "config.json"
+
+
 def _check_remote(value: str) -> str:
     from cache.remote import check_remote  # here, not at the top: every pull loads this module
 
