@@ -1,6 +1,6 @@
 """Daemon images, side by side with `docker save` and skopeo, in one run against one private dockerd.
 
-    python -m bench daemon [--size 1G] [--size 2G] [--runs 1] [--workdir DIR] [--keep]
+    python -m bench daemon [--size 1G] [--size 2G] [--runs 1] [--workdir DIR] [--keep] [--in-place]
 
 For each size, a single-layer image of random bytes is imported into a private dockerd, then:
   docker save -o FILE                                  (the daemon's own export, the yardstick)
@@ -12,6 +12,9 @@ RSS is the child's own (VmHWM). The daemon's own save stream is timed once per s
 first byte, then to its end) to show how much of every contender's time is spent waiting. The daemon's debug log
 proves how many `GET /images/…/get` each layerhoard run made. Targets (issue 4): cold at most 1.1x
 docker save; peak RSS at most 100 MB and flat from 1 GB to 2 GB; cached under 0.5 s, no save.
+
+layerhoard runs as a user runs it, the `layerhoard` script of a fresh venv that this checkout is
+pip-installed into (as in bench/pull.py); --in-place runs `python -m cli.main` with this interpreter.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import machine, markdown_table
+from bench.common import installed_layerhoard, machine, markdown_table
 from cache.units import format_size, parse_size
 from tests.services import Daemon
 
@@ -124,7 +127,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def bench_size(daemon: Daemon, work: Path, size: int, runs: int) -> dict[str, object]:
+def bench_size(daemon: Daemon, work: Path, size: int, runs: int, layerhoard: list[str]) -> dict[str, object]:
     name = f"lh-bench/one-layer:{size >> 20}m"
     source = work / "layer.tar"
     random_tar(source, size)
@@ -148,7 +151,7 @@ def bench_size(daemon: Daemon, work: Path, size: int, runs: int) -> dict[str, ob
         shutil.rmtree(layout)
         cache = work / "cache"
         shutil.rmtree(cache, ignore_errors=True)
-        pull = [*LAYERHOARD, "--cache-dir", str(cache), "--json", "-q", "pull", f"docker-daemon:{name}",
+        pull = [*layerhoard, "--cache-dir", str(cache), "--json", "-q", "pull", f"docker-daemon:{name}",
                 "--docker-host", daemon.host]
         mark = daemon.mark()
         cold.append(measure(pull))
@@ -205,17 +208,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/layerhoard-bench-daemon")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--in-place", action="store_true",
+                        help="run `python -m cli.main` with this interpreter instead of a fresh venv install")
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in (args.size or ["1G"])]
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     (work / "dockerd").mkdir(parents=True)
+    layerhoard = LAYERHOARD if args.in_place else installed_layerhoard(work / "venv")
     daemon = Daemon(work / "dockerd")
     try:
-        results = [bench_size(daemon, work, size, args.runs) for size in sizes]
+        results = [bench_size(daemon, work, size, args.runs, layerhoard) for size in sizes]
     finally:
         daemon.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(report(results, args.runs))
+    print(f"layerhoard ran {'in place (python -m cli.main)' if args.in_place else 'from a fresh venv install'}.")
     return 0
