@@ -109,15 +109,26 @@ def raw_save(socket_path: Path, name: str) -> tuple[float, float]:
     return (first or end) - start, end - (first or end)
 
 
-def random_tar(path: Path, size: int) -> None:
-    """A tar holding one file of ``size`` random bytes, written in 16 MiB pieces (never all in memory)."""
+def random_tar(path: Path, size: int, content: str = "random") -> None:
+    """A tar holding one file of ``size`` bytes, written in 16 MiB pieces (never all in memory).
+
+    "random": incompressible, the worst case (the zstd blob is as large as the layer, and all of
+    it must reach the disk). "mixed": every other piece is text-like and compresses about 4:1, as
+    much of a real layer (binaries, libraries, text) does.
+    """
     payload = path.with_suffix(".bin")
+    text = b" ".join(f"line {i} of a configuration file, word {i % 97}".encode() for i in range(5000))[:48 << 10]
     with open(payload, "wb") as handle:
-        left = size
+        left, index = size, 0
         while left:
             piece = min(left, 16 << 20)
-            handle.write(os.urandom(piece))
+            if content == "mixed" and index % 2 == 1:  # 48 KiB of text, 16 KiB of noise, repeated
+                data = b"".join(text + os.urandom(16 << 10) for _ in range(piece // (64 << 10) + 1))[:piece]
+            else:
+                data = os.urandom(piece)
+            handle.write(data)
             left -= piece
+            index += 1
     with tarfile.open(path, "w") as tar:
         tar.add(payload, arcname="data/random.bin")
     payload.unlink()
@@ -127,10 +138,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def bench_size(daemon: Daemon, work: Path, size: int, runs: int, layerhoard: list[str]) -> dict[str, object]:
+def bench_size(daemon: Daemon, work: Path, size: int, runs: int, layerhoard: list[str],
+               content: str = "random") -> dict[str, object]:
     name = f"lh-bench/one-layer:{size >> 20}m"
     source = work / "layer.tar"
-    random_tar(source, size)
+    random_tar(source, size, content)
     daemon.docker("import", str(source), name, check=True)
     source.unlink()
     env = {"DOCKER_HOST": daemon.host}
@@ -208,6 +220,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/layerhoard-bench-daemon")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--content", choices=["random", "mixed"], default="random",
+                        help="layer bytes: random (incompressible, the worst case) or mixed (half compresses 4:1)")
     parser.add_argument("--in-place", action="store_true",
                         help="run `python -m cli.main` with this interpreter instead of a fresh venv install")
     args = parser.parse_args(argv)
@@ -218,11 +232,12 @@ def main(argv: list[str]) -> int:
     layerhoard = LAYERHOARD if args.in_place else installed_layerhoard(work / "venv")
     daemon = Daemon(work / "dockerd")
     try:
-        results = [bench_size(daemon, work, size, args.runs, layerhoard) for size in sizes]
+        results = [bench_size(daemon, work, size, args.runs, layerhoard, args.content) for size in sizes]
     finally:
         daemon.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(report(results, args.runs))
-    print(f"layerhoard ran {'in place (python -m cli.main)' if args.in_place else 'from a fresh venv install'}.")
+    print(f"Layer content: {args.content}; layerhoard ran "
+          f"{'in place (python -m cli.main)' if args.in_place else 'from a fresh venv install'}.")
     return 0
