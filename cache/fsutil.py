@@ -78,18 +78,35 @@ def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
 
 
 class InUse:
-    """Marks a temporary file in ingest/ as in use until :meth:`release`: a shared ``flock`` on
-    the file itself, which gc's :func:`remove_unless_in_use` cannot take over it. The kernel drops
-    it if the process dies, so an abandoned file becomes removable by itself."""
+    """A temporary file in ingest/ that this process is writing, made (when missing) and marked in
+    use at once: a shared ``flock`` on the file itself, which gc's :func:`remove_unless_in_use`
+    cannot take over it. :meth:`close` (or the end of a ``with`` block) removes the file once it is
+    published or dropped. The kernel drops the mark if the process dies, so what a killed writer
+    left becomes removable by itself."""
 
     def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path, os.O_RDONLY)
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
+        """Drop the mark and leave the file (as a writer that died would)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def close(self) -> None:
+        """Remove the file (a published blob lives on under its own name), then drop the mark."""
+        if self._fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self.release()
+
+    def __enter__(self) -> InUse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def remove_unless_in_use(path: Path | str) -> bool:

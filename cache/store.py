@@ -373,23 +373,16 @@ class BlobStore:
 
         Returns (digest, size, written_now).
         """
-        temp = self.ingest_dir / f"tmp-{uuid.uuid4().hex}"
         hasher = Hasher()
-        in_use: InUse | None = None
-        try:
-            with open(temp, "wb") as handle:
-                in_use = InUse(temp)  # until adopted: gc leaves it alone, whatever its age
+        with InUse(self.ingest_dir / f"tmp-{uuid.uuid4().hex}") as temp:  # gc leaves it alone until adopted
+            with open(temp.path, "wb") as handle:
                 for chunk in iter_chunks(stream):
                     hasher.update(chunk)
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            written = self.adopt(temp, hasher.digest, hasher.size, hasher.blake3, media_type, source)
+            written = self.adopt(temp.path, hasher.digest, hasher.size, hasher.blake3, media_type, source)
             return hasher.digest, hasher.size, written
-        finally:
-            temp.unlink(missing_ok=True)
-            if in_use is not None:
-                in_use.release()
 
     def adopt(
         self, path: Path, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None

@@ -37,8 +37,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CHUNK = 1024 * 1024
 USER_AGENT = "layerhoard/0.1"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-# Connection refused or reset, timeouts, bodies cut short: worth another try.
-_TRANSIENT = TRANSIENT
 TIMEOUT = Timeout(connect=10, read=120)
 
 
@@ -156,7 +154,7 @@ class RegistryClient:
                     data = reply.read_all(MAX_MANIFEST_BYTES)
                 finally:
                     reply.release()
-            except (ValueError, *_TRANSIENT) as error:
+            except (ValueError, *TRANSIENT) as error:
                 raise SourceError(f"{self.registry}: cannot get a token from {realm}: {error}") from None
             self._count()
             location = reply.headers.get("Location")
@@ -182,7 +180,7 @@ class RegistryClient:
         for attempt in range(self.retry.attempts):
             try:
                 response = self._send_authenticated(method, path, scope, headers or {}, body)
-            except _TRANSIENT as error:
+            except TRANSIENT as error:
                 last_error = f"connection failed: {error}"
                 if self._fallback_to_http and self.base_url.startswith("https://"):
                     self.base_url = "http://" + self.base_url[len("https://"):]
@@ -252,7 +250,7 @@ class RegistryClient:
                 body = response.read_all(MAX_MANIFEST_BYTES)
             except ValueError:
                 raise InvalidManifest(f"manifest {reference} is larger than {MAX_MANIFEST_BYTES} bytes") from None
-        except _TRANSIENT as error:
+        except TRANSIENT as error:
             raise SourceError(f"{self.registry}: manifest {reference} cut off: {error}") from None
         finally:
             _release(response)
@@ -303,7 +301,7 @@ class RegistryClient:
                     with self._lock:
                         self.bytes_received += len(chunk)
                 return received
-            except _TRANSIENT as error:
+            except TRANSIENT as error:
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise SourceError(f"{self.registry}: blob {digest} kept failing mid-transfer ({error})") from None

@@ -166,7 +166,7 @@ def _open_tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy) -> Non
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     reader = sock.makefile("rb", buffering=0)  # unbuffered: no byte of the TLS handshake may be taken
     try:
-        status, _ = _read_line_status(reader)
+        status, _ = _read_status_line(reader)
         while _read_line(reader).strip():
             pass
     finally:
@@ -190,7 +190,7 @@ def _read_line(reader: _Lines) -> bytes:
     return line
 
 
-def _read_line_status(reader: _Lines) -> tuple[int, str]:
+def _read_status_line(reader: _Lines) -> tuple[int, str]:
     """The status code and HTTP version of a status line."""
     line = _read_line(reader)
     if not line:
@@ -228,7 +228,7 @@ class Response:
         assert reader is not None
         self._reader = reader
         while True:
-            self.status, version = _read_line_status(reader)
+            self.status, version = _read_status_line(reader)
             self.headers = _read_headers(reader)
             if not 100 <= self.status < 200:
                 break  # 1xx answers (100 Continue) are interim: the real one follows

@@ -191,12 +191,12 @@ class Upstreams:
                 self._on_fetch(f"blob {flight.digest}")
                 # Clients tail a spool file written without buffering: the store's writer writes
                 # behind on its own thread, so its file is no guide to which bytes are readable.
-                spool = self.store.ingest_dir / f"spool-{uuid.uuid4().hex}"
-                in_use: InUse | None = None
-                try:
+                # gc leaves the spool alone while it fills; it is removed after (readers keep their
+                # open descriptors).
+                with InUse(self.store.ingest_dir / f"spool-{uuid.uuid4().hex}") as in_use:
+                    spool = in_use.path
                     with open(spool, "wb", buffering=0) as out, \
                             self._client(repo.registry).open_blob(repo.path, flight.digest) as response:
-                        in_use = InUse(spool)  # gc leaves it alone while it fills, whatever its age
                         length = response.headers.get("Content-Length", "")
                         flight._set(path=spool, size=int(length) if length.isdigit() else None, state="fetching")
                         for chunk in response.iter_content(CHUNK):
@@ -204,10 +204,6 @@ class Upstreams:
                             out.write(chunk)
                             flight._set(written=flight.written + len(chunk))
                     writer.commit(source=f"docker://{repo.full}")
-                finally:
-                    spool.unlink(missing_ok=True)  # readers keep their open descriptors
-                    if in_use is not None:
-                        in_use.release()
             flight._set(state="done")
         except BlobNotFound as error:
             flight._set(state="failed", error=RegistryError("BLOB_UNKNOWN", str(error), {"digest": str(flight.digest)}))

@@ -185,9 +185,10 @@ class Staging:
         self._in_use: dict[Path, InUse] = {}  # until published or dropped: gc leaves these files alone
 
     def writer(self, media_type: str) -> StagedWriter:
-        writer = StagedWriter(self.store.ingest_dir / f"tmp-save-{uuid.uuid4().hex}", media_type)
+        in_use = InUse(self.store.ingest_dir / f"tmp-save-{uuid.uuid4().hex}")  # made and marked at once
+        self._in_use[in_use.path] = in_use
+        writer = StagedWriter(in_use.path, media_type)
         self._writers.append(writer)
-        self._in_use[writer.path] = InUse(writer.path)
         return writer
 
     def publish(self, blob: StagedBlob, source: str) -> bool:
@@ -195,17 +196,15 @@ class Staging:
         try:  # the bytes were hashed as they were written
             return self.store.adopt(blob.path, blob.digest, blob.size, blob.blake3, blob.media_type, source)
         finally:
-            blob.path.unlink(missing_ok=True)
             in_use = self._in_use.pop(blob.path, None)
             if in_use is not None:
-                in_use.release()
+                in_use.close()
 
     def discard(self) -> None:
         """Drop every file this stream staged (after an error, or once published)."""
-        for in_use in self._in_use.values():
-            in_use.release()
-        self._in_use.clear()
         for writer in self._writers:
             writer.close()
-            writer.path.unlink(missing_ok=True)
         self._writers.clear()
+        for in_use in self._in_use.values():
+            in_use.close()
+        self._in_use.clear()
