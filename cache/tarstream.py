@@ -12,7 +12,8 @@ long link names ``K``, base-256 numbers), pax (``x`` per member, ``g`` global; t
 Refused: GNU sparse members. Errors: :class:`TarCutOff` when the stream ends inside a header,
 member data or padding; :class:`TarFormatError` for a block that is not a tar header or bad
 compressed data. A stream that ends cleanly at a member boundary without the end-of-archive
-blocks simply ends, as with tarfile: what was read is whole.
+blocks simply ends, as with tarfile: what was read is whole (:attr:`TarStream.complete` tells
+a caller who needs the end-of-archive blocks).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class TarStream:
         self._global: dict[str, str] = {}
         self._scratch: memoryview | None = None
         self._ended = False
+        self.complete = False  # True once the end-of-archive blocks were read
         self.offset = 0
 
     def __iter__(self) -> Iterator[TarMember]:
@@ -156,7 +158,7 @@ class TarStream:
                 raise TarCutOff(f"the tar ends inside a header at byte {start + got}")
             block = bytes(self._header)
             if block == _ZERO:
-                self._ended = True
+                self._ended = self.complete = True
                 return None
             if not header_ok(block):
                 raise TarFormatError(f"bad tar header checksum at byte {start}")

@@ -19,6 +19,7 @@ Retries, auth and redirects are the client's job, not this one's.
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import socket
@@ -68,7 +69,7 @@ class _Lines(Protocol):
 
 class Timeout(NamedTuple):
     connect: float
-    read: float
+    read: float | None  # None: wait as long as it takes (a daemon's save stream)
 
 
 class Headers(dict[str, str]):
@@ -86,18 +87,25 @@ class Headers(dict[str, str]):
 
 
 class Connection:
-    """One TCP (or TLS) connection to an origin, directly or through a proxy."""
+    """One TCP (or TLS) connection to an origin, directly or through a proxy; or one connection to
+    a unix socket (``unix_path``: a Docker daemon), where host names the origin only."""
 
     def __init__(self, host: str, port: int, *, timeout: Timeout, tls: ssl.SSLContext | None = None,
-                 proxy: Proxy | None = None) -> None:
+                 proxy: Proxy | None = None, unix_path: str | None = None) -> None:
         self.host, self.port = host, port
         self._timeout = timeout
         self._tls = tls
         self._proxy = proxy
+        self._unix_path = unix_path
         self.sock: socket.socket | None = None
-        self.reader: BinaryIO | None = None
+        self.reader: io.BufferedReader | None = None
 
     def open(self) -> None:
+        sock = self._connect_unix(self._unix_path) if self._unix_path is not None else self._connect_tcp()
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def _connect_tcp(self) -> socket.socket:
         host, port = (self._proxy.host, self._proxy.port) if self._proxy else (self.host, self.port)
         # An ASCII name goes to getaddrinfo as bytes: a str makes it load the idna codec (1.5 ms).
         sock = socket.create_connection((host.encode() if host.isascii() else host, port),  # type: ignore[arg-type]
@@ -112,8 +120,18 @@ class Connection:
         except BaseException:
             sock.close()
             raise
-        self.sock = sock
-        self.reader = sock.makefile("rb")  # type: ignore[assignment]
+        return sock
+
+    def _connect_unix(self, path: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._timeout.connect)
+            sock.connect(path)
+            sock.settimeout(self._timeout.read)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def close(self) -> None:
         if self.reader is not None:
@@ -132,14 +150,17 @@ class Connection:
             return False
         return not readable
 
-    def send(self, method: str, target: str, headers: dict[str, str], body: Body) -> None:
+    def send(self, method: str, target: str, headers: dict[str, str], body: Body, *,
+             protocol: str = "HTTP/1.1") -> None:
+        """Send one request. ``protocol="HTTP/1.0"`` asks for a body without chunked framing,
+        delimited by the end of the connection (what a long stream is cheapest to read as)."""
         if self.sock is None:
             self.open()
         assert self.sock is not None
         length = _body_length(body)
         if length is None and method in ("POST", "PUT", "PATCH"):
             length = 0  # an empty body still says so: some servers and proxies insist (411)
-        lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
+        lines = [f"{method} {target} {protocol}", *(f"{name}: {value}" for name, value in headers.items())]
         if length is not None and not any(name.lower() == "content-length" for name in headers):
             lines.append(f"Content-Length: {length}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -219,9 +240,10 @@ def _read_headers(reader: _Lines) -> Headers:
 
 
 class Response:
-    """One response: status, headers, and a body to stream. Call :meth:`release` when done."""
+    """One response: status, headers, and a body to stream. Call :meth:`release` when done;
+    without a pool, the connection is closed then."""
 
-    def __init__(self, pool: Pool, origin: str, connection: Connection, method: str) -> None:
+    def __init__(self, pool: Pool | None, origin: str, connection: Connection, method: str) -> None:
         self._pool, self._origin = pool, origin
         self._connection: Connection | None = connection
         reader = connection.reader
@@ -258,6 +280,26 @@ class Response:
         self._remaining -= len(data)
         self._done = self._remaining == 0
         return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` with the body, straight from the socket unless the body is chunked;
+        fewer bytes only at the body's end. Raises IncompleteBody on a cut."""
+        if self._done:
+            return 0
+        if self._chunked:
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        want = len(buffer) if self._remaining is None else min(len(buffer), self._remaining)
+        got = self._reader.readinto(buffer[:want])  # loops in C until full or the end
+        if self._remaining is None:
+            self._done = got < want
+            return got
+        self._remaining -= got
+        if got < want:
+            raise IncompleteBody(f"the body ended {self._remaining} bytes short")
+        self._done = self._remaining == 0
+        return got
 
     def _read_chunk(self, amount: int) -> bytes:
         if self._chunk_left == 0:
@@ -304,7 +346,7 @@ class Response:
                 self.read_all(DRAIN_LIMIT)
             except (ValueError, *TRANSIENT):
                 pass
-        if self._done and self._keep_alive:
+        if self._done and self._keep_alive and self._pool is not None:
             self._pool.put(self._origin, connection)
         else:
             connection.close()

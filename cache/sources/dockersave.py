@@ -31,6 +31,7 @@ from cache.digest import Digest
 from cache.errors import DigestMismatch, NotADockerSave, StreamCutOff
 from cache.model import MAX_CONFIG_BYTES, OCI_LAYER_ZSTD
 from cache.progress import Progress
+from cache.registry.http import HTTPError
 from cache.sources.staging import BUFFER_BYTES, BackgroundSink, StagedBlob, Staging
 from cache.sources.storedlayers import OCI_TYPE_OF, stored_layer
 from cache.sources.v1ids import chain_ids, layer_position
@@ -194,7 +195,7 @@ class _CountingReader:
                 data = self._stream.read(len(buffer))  # type: ignore[union-attr]
                 got = len(data)
                 buffer[:got] = data
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, HTTPError) as error:
             raise self._cut(error) from None
         except Exception as error:  # urllib3/requests/http.client errors of a broken HTTP body
             if type(error).__module__.split(".")[0] in ("urllib3", "requests", "http"):
@@ -234,7 +235,9 @@ class SaveReader:
         self.what = what
         self.progress = progress
 
-    def read(self, stream: IO[bytes] | BinaryIO | Readable) -> SaveContents:
+    def read(self, stream: IO[bytes] | BinaryIO | Readable, *, require_end: bool = False) -> SaveContents:
+        """The stream's images, staged. ``require_end``: a tar without its end-of-archive blocks
+        was cut off (for a stream whose transport cannot tell its end from a cut)."""
         contents = SaveContents(Staging(self.store))
         counting = _CountingReader(stream, self.what, self.progress)
         try:
@@ -253,6 +256,11 @@ class SaveReader:
                 raise NotADockerSave(f"{self.what} is not a docker save tar: {error}") from None
             if counting.count == 0:
                 raise NotADockerSave(f"{self.what} is empty, not a docker save tar")
+            if require_end and not tar.complete:
+                raise StreamCutOff(
+                    f"{self.what} was cut off after {counting.count} bytes (no end-of-archive blocks); "
+                    "nothing was stored"
+                )
         except BaseException:
             contents.discard()
             raise

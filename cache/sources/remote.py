@@ -67,16 +67,17 @@ def pull_daemon_via_remote(
     jobs: int = 4,
     progress: ProgressFactory = no_progress,
 ) -> PullReport:
-    from cache.sources.daemon import _inspect, connect, pull_from_daemon, record_name
+    from cache.sources.daemon import pull_from_daemon, record_name
+    from cache.sources.engine import connect
 
     started = time.monotonic()
     info = None
     try:
-        client, host = connect(docker_host)
+        engine = connect(docker_host)
         try:
-            info = _inspect(client, host, source.name)
+            info = engine.inspect(source.name)
         finally:
-            client.close()
+            engine.close()
     except (SourceError, ImageNotFound) as error:
         unavailable: Exception = error
     if info is None:
