@@ -202,7 +202,7 @@ def report(results: list[dict[str, object]], runs: int) -> str:
                          f"{measured.cpu:.2f} s", f"{measured.peak_rss / 1e6:.0f} MB", saves])
     info = machine(Path("/tmp"))
     header = (f"{info['cpu']}, {info['nproc']} cores, kernel {info['kernel']}, Python {info['python']}, "
-              f"{info['filesystem']}; median of {runs} run(s); single layer of random bytes; "
+              f"{info['filesystem']}; median of {runs} run(s); a single layer; "
               f"load average {os.getloadavg()[0]:.2f} at the end\n\n")
     daemon_alone = "".join(
         f"- {format_size(int(r['size']))}: the daemon's save stream alone (read and dropped): "  # type: ignore[call-overload]

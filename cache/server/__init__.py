@@ -65,6 +65,15 @@ class RegistryServer(ThreadingHTTPServer):
         if self._log is not None:
             self._log(message)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up or stalls mid-request is routine for a registry: one log line, not
+        a traceback on stderr. Anything else is a bug worth the traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            self.log(f"client {client_address} went away: {error}")
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
     def _log_fetch(self, what: str) -> None:
         self.upstream_fetches.append(what)
         self.log(f"upstream fetch: {what}")
