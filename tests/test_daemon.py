@@ -250,10 +250,13 @@ class CuttingProxy:
 
     @staticmethod
     def _requests(client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
-        while data := client.recv(65536):
-            if b"/get " in data or b"/get?" in data:
-                state["save"] = True
-            upstream.sendall(data)
+        try:
+            while data := client.recv(65536):
+                if b"/get " in data or b"/get?" in data:
+                    state["save"] = True
+                upstream.sendall(data)
+        except OSError:
+            pass  # the response side closed both sockets after its cut
 
     def _responses(self, upstream: socket.socket, client: socket.socket, state: dict[str, bool]) -> None:
         sent = 0

@@ -33,6 +33,9 @@ class _Server(ThreadingHTTPServer):
     connections = 0
     close_idle = False  # close each connection after its first response, without saying so
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that drop a connection on purpose (cut bodies, stale keep-alive) are expected here
+
 
 def _handler() -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
