@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -161,6 +162,8 @@ class SocketEngine:
                 response = self._request("/_ping")
                 try:
                     version = response.headers.get("Api-Version")
+                    if not re.fullmatch(r"\d+\.\d+", version):
+                        version = ""  # none, or not a version: the daemon's default (unversioned paths)
                     if response.status != 200:
                         raise unreachable(self.host, f"its /_ping answered HTTP {response.status}")
                 finally:
