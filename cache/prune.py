@@ -106,7 +106,7 @@ def resolve_ref(store: BlobStore, text: str) -> str:
     """The index.json name ``text`` means: as written (``ls`` names), else normalised the way pull
     records it (``alpine`` → ``docker.io/library/alpine:latest``, ``docker-daemon:app:1`` →
     ``docker.io/library/app:1``). Raises ImageNotFound for an image that is not cached."""
-    stored = {(ref_name_of(entry) or "") for entry in store.images()}
+    stored = {ref_name_of(entry) or "" for entry in store.images()}
     for candidate in _candidates(text):
         if candidate in stored:
             return candidate
@@ -149,7 +149,7 @@ def free_space(store: BlobStore) -> int:
 def _entries(store: BlobStore, known: dict[Digest, set[Digest]]) -> list[ImageEntry]:
     out = []
     for entry in store.images():
-        ref = (ref_name_of(entry) or "")
+        ref = ref_name_of(entry) or ""
         try:
             digest = parse_digest(entry.get("digest"))  # type: ignore[arg-type]
         except InvalidDigest:
@@ -245,7 +245,7 @@ def apply_prune(store: BlobStore, plan: PrunePlan, known: dict[Digest, set[Diges
     with store.index_json_lock():
         kept, evicted = [], []
         for entry in store.images():
-            ref = (ref_name_of(entry) or "")
+            ref = ref_name_of(entry) or ""
             image = planned.get(ref)
             record = store.index.image(ref) or {}
             used_since = float(record.get("last_used") or 0) > image["last_used"] if image else False

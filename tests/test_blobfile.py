@@ -64,7 +64,8 @@ def test_sink_output_is_the_fixed_zstd_encoding(tmp_path: Path, buffer_bytes: in
     layer = random_layer(3_000_000, 21) + random_layer(2_000_000, 22, compressible=True)
     reference = zstd_compressor().compressobj(size=-1)
     expected = reference.compress(layer) + reference.flush()
-    sink = BackgroundSink(StagedWriter(tmp_path / "z", "zstd"), zstd_compressor(), buffer_bytes=buffer_bytes)
+    writer = StagedWriter(tmp_path, "zstd")
+    sink = BackgroundSink(writer, zstd_compressor(), buffer_bytes=buffer_bytes)
     position = 0
     while position < len(layer):
         buffer = sink.buffer()
@@ -73,7 +74,7 @@ def test_sink_output_is_the_fixed_zstd_encoding(tmp_path: Path, buffer_bytes: in
         sink.submit(buffer, length)
         position += length
     blob = sink.finish()
-    assert (tmp_path / "z").read_bytes() == expected
+    assert writer.path.read_bytes() == expected
     assert blob.digest.hex == hashlib.sha256(expected).hexdigest()
     assert blob.blake3 == blake3.blake3(expected).hexdigest()
     assert blob.size == len(expected)

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from cache.tier import RemoteTier
 
 
-
 class RegistryPullOptions(NamedTuple):
     platform: Platform | None = None
     all_platforms: bool = False

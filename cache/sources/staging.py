@@ -36,13 +36,15 @@ ZSTD_WRITE_BYTES = 1 << 20  # zstd output per write: fewer, larger hash updates 
 
 
 class StagedWriter:
-    """One blob being written: feed bytes, then :meth:`finish` for its digest."""
+    """One blob being written into ingest/: feed bytes, then :meth:`finish` for its digest.
+    The file is made and marked in use at once (gc leaves it alone); :meth:`close` removes it."""
 
-    def __init__(self, path: Path, media_type: str) -> None:
-        self.path = path
+    def __init__(self, ingest_dir: Path, media_type: str) -> None:
+        self._in_use = InUse(ingest_dir / f"tmp-save-{uuid.uuid4().hex}")
+        self.path = self._in_use.path
         self.media_type = media_type
         self._hasher = Hasher()
-        self._file = open_blob_file(path)
+        self._file = open_blob_file(self.path)
 
     def write(self, data: bytes | memoryview) -> int:
         """Hash and write ``data``; returns its length (zstd's stream writer wants a count)."""
@@ -56,7 +58,9 @@ class StagedWriter:
         return StagedBlob(self.path, self._hasher.digest, self._hasher.size, self._hasher.blake3, self.media_type)
 
     def close(self) -> None:
+        """Close and remove the file (a published blob lives on under its own name in blobs/)."""
         self._file.close()
+        self._in_use.close()
 
 
 BUFFER_BYTES = 1 << 20  # one read: large enough that hashing and zstd release the GIL for long
@@ -181,14 +185,11 @@ class BackgroundSink:
 class Staging:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
-        self._writers: list[StagedWriter] = []
-        self._in_use: dict[Path, InUse] = {}  # until published or dropped: gc leaves these files alone
+        self._writers: dict[Path, StagedWriter] = {}  # by file, until published or dropped
 
     def writer(self, media_type: str) -> StagedWriter:
-        in_use = InUse(self.store.ingest_dir / f"tmp-save-{uuid.uuid4().hex}")  # made and marked at once
-        self._in_use[in_use.path] = in_use
-        writer = StagedWriter(in_use.path, media_type)
-        self._writers.append(writer)
+        writer = StagedWriter(self.store.ingest_dir, media_type)
+        self._writers[writer.path] = writer
         return writer
 
     def publish(self, blob: StagedBlob, source: str) -> bool:
@@ -196,15 +197,12 @@ class Staging:
         try:  # the bytes were hashed as they were written
             return self.store.adopt(blob.path, blob.digest, blob.size, blob.blake3, blob.media_type, source)
         finally:
-            in_use = self._in_use.pop(blob.path, None)
-            if in_use is not None:
-                in_use.close()
+            writer = self._writers.pop(blob.path, None)
+            if writer is not None:
+                writer.close()
 
     def discard(self) -> None:
         """Drop every file this stream staged (after an error, or once published)."""
-        for writer in self._writers:
+        for writer in self._writers.values():
             writer.close()
         self._writers.clear()
-        for in_use in self._in_use.values():
-            in_use.close()
-        self._in_use.clear()
