@@ -22,6 +22,7 @@ from cache.stats import record_pull
 from cache.store import BlobStore, DiskFull, disk_full
 
 if TYPE_CHECKING:
+    from cache.registry.http import SpeedFloor
     from cache.tier import RemoteTier
 
 
@@ -35,6 +36,7 @@ class PullOptions(NamedTuple):
     name: str | None = None  # the name to record an oci: or docker-archive: image under
     progress: ProgressFactory = no_progress
     remote: RemoteTier | None = None  # the team's remote tier, asked before the origin (cache/tier.py)
+    floor: SpeedFloor | None = None  # a registry's speed floor; None: LAYERHOARD_MIN_SPEED[_TIME], else the default
 
 
 def pull(store: BlobStore, source: Source | str, options: PullOptions | None = None) -> PullReport:
@@ -70,6 +72,7 @@ def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
         registry_options = RegistryPullOptions(
             platform=options.platform, all_platforms=options.all_platforms, jobs=options.jobs,
             insecure=options.insecure, offline=options.offline, progress=options.progress, remote=remote,
+            floor=options.floor,
         )
         if remote is not None:
             from cache.sources.remote import pull_registry_via_remote

@@ -33,6 +33,9 @@ class Faults:
     token_required: bool = False
     basic_required: str | None = None  # the exact Authorization header a Basic registry accepts
     redirect_blobs_to: str | None = None  # base URL of another server that holds the blobs
+    drip: dict[str, int] = field(default_factory=dict)  # digest -> requests answered one byte per drip_interval
+    drip_interval: float = 0.1
+    html_then_cut: dict[str, int] = field(default_factory=dict)  # digest -> requests answered 200 bytes of HTML, cut
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -50,6 +53,7 @@ class FaultRegistry:
         self.faults = Faults()
         self.seen: list[Seen] = []
         self.tokens_issued: list[str] = []
+        self.stopping = threading.Event()  # ends the drips when the server stops
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
         self.url = f"http://{self.host}"
@@ -61,6 +65,7 @@ class FaultRegistry:
         try:
             yield self
         finally:
+            self.stopping.set()
             self._server.shutdown()
             self._server.server_close()
 
@@ -139,6 +144,12 @@ class FaultRegistry:
         range_header = handler.headers.get("Range")
         if range_header and not self.faults.ignore_range:
             start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))  # type: ignore[union-attr]
+        if self._take(self.faults.html_then_cut, digest):
+            self._send_cut(handler, len(body), b"<html><body>" + b"Service Unavailable. " * 9 + b"</body></html>")
+            return
+        if self._take(self.faults.drip, digest):
+            self._drip(handler, body)
+            return
         if digest in self.faults.cut_after:
             cut = self.faults.cut_after.pop(digest)
             handler.send_response(200)
@@ -153,3 +164,38 @@ class FaultRegistry:
             self._send(handler, 206, part, {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
         else:
             self._send(handler, 200, body)
+
+    @staticmethod
+    def _take(counts: dict[str, int], digest: str) -> bool:
+        """Whether this request of ``digest`` gets the fault (counting it down)."""
+        if counts.get(digest, 0) <= 0:
+            return False
+        counts[digest] -= 1
+        return True
+
+    @staticmethod
+    def _send_cut(handler: BaseHTTPRequestHandler, length: int, sent: bytes) -> None:
+        """A 200 that promises ``length`` bytes, sends ``sent`` (what a broken proxy's error page
+        looks like) and closes the connection."""
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(length))
+        handler.end_headers()
+        handler.wfile.write(sent[:200].ljust(200))
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    def _drip(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        """The blob at one byte per drip_interval, until the client gives up or the server stops."""
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.flush()
+        handler.close_connection = True
+        for index in range(len(body)):
+            if self.stopping.wait(self.faults.drip_interval):
+                return
+            try:
+                handler.wfile.write(body[index:index + 1])
+                handler.wfile.flush()
+            except OSError:
+                return  # the client hung up: what the floor is for

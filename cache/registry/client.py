@@ -8,29 +8,33 @@ What it takes care of, so callers don't:
   registry costs no extra request;
 - retries with backoff on 5xx, 429 (honouring Retry-After) and cut connections;
 - redirects to blob storage followed by hand, without the registry's Authorization header;
-- resumable blob downloads with ``Range: bytes=N-``.
+- resumable blob downloads with ``Range: bytes=N-``;
+- a speed floor (:class:`SpeedFloor`): a response that stays under it is abandoned and retried
+  like a cut one, so a registry that drips a blob cannot hold a pull for ever.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from urllib.parse import urlencode, urljoin, urlparse
 
 from cache.digest import Digest, sha256_of
-from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SourceError
+from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, LayerhoardError, SourceError
 from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
-from cache.registry.http import TRANSIENT, Body, Pool, Response, Timeout
+from cache.registry.http import TRANSIENT, Body, Pool, Response, SpeedFloor, Timeout
 from cache.registry.proxy import is_loopback_host
 
 if TYPE_CHECKING:  # Docker's config is read only when a registry asks for credentials
     from cache.registry.credentials import Credentials
 
+T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Bytes of a read from the socket: large enough that per-chunk work (hashing calls, the hand-off
 # to the writing thread) is small; a cut connection loses at most the read under way.
@@ -38,6 +42,41 @@ CHUNK = 1024 * 1024
 USER_AGENT = "layerhoard/0.1"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 TIMEOUT = Timeout(connect=10, read=120)
+# Under 1 KiB/s for 30 s: no working link is that slow for that long, a stall of a few seconds
+# (TCP backoff, a busy blob store) passes, and an abandoned transfer resumes with Range, so a
+# false alarm costs a reconnect, not the bytes. curl has the knobs but no default.
+MIN_SPEED = SpeedFloor(rate=1024, seconds=30.0)
+
+
+def speed_floor(rate: int | None = None, seconds: float | None = None) -> SpeedFloor:
+    """The floor of ``rate`` bytes/s (0: off) over ``seconds``; either one not given comes from
+    LAYERHOARD_MIN_SPEED / LAYERHOARD_MIN_SPEED_TIME (serve and the API read them too), else
+    from MIN_SPEED. A value there that does not parse is an error naming the variable."""
+    from cache.units import parse_size
+
+    if rate is None:
+        rate = _environ("LAYERHOARD_MIN_SPEED", parse_size)
+    if seconds is None:
+        seconds = _environ("LAYERHOARD_MIN_SPEED_TIME", parse_window)
+    return SpeedFloor(MIN_SPEED.rate if rate is None else rate, MIN_SPEED.seconds if seconds is None else seconds)
+
+
+def parse_window(text: str) -> float:
+    """A duration (``30s``) longer than zero: the window of the speed floor."""
+    from cache.units import parse_duration
+
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: the speed floor needs a window longer than 0 s")
+    return seconds
+
+
+def _environ(name: str, parse: Callable[[str], T]) -> T | None:
+    text = os.environ.get(name, "").strip()
+    try:
+        return parse(text) if text else None
+    except ValueError as error:
+        raise LayerhoardError(f"{name}={text}: {error}") from None
 
 
 def api_host(registry: str) -> str:
@@ -74,7 +113,9 @@ class RegistryClient:
         pool_size: int = 16,
         base_url: str | None = None,
         timeout: Timeout = TIMEOUT,
+        floor: SpeedFloor | None = None,
     ) -> None:
+        """``floor`` None: the one the environment sets, else the default (:func:`speed_floor`)."""
         self.registry = registry
         host = api_host(registry)
         self.base_url = base_url or f"{'http' if is_loopback(host) else 'https'}://{host}"
@@ -83,7 +124,8 @@ class RegistryClient:
         self._credentials = credentials
         self._credentials_loaded = credentials is not None
         self.retry = retry or RetryPolicy()
-        self.pool = Pool(max_idle=pool_size, timeout=timeout, verify_tls=not insecure)
+        self.floor = floor if floor is not None else speed_floor()
+        self.pool = Pool(max_idle=pool_size, timeout=timeout, verify_tls=not insecure, floor=self.floor)
         self._tokens: dict[str, str] = {}
         self._basic: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -304,7 +346,8 @@ class RegistryClient:
             except TRANSIENT as error:
                 failures += 1
                 if failures >= self.retry.attempts:
-                    raise SourceError(f"{self.registry}: blob {digest} kept failing mid-transfer ({error})") from None
+                    raise SourceError(f"{self.registry}: blob {digest} failed {failures} times mid-transfer "
+                                      f"(last: {error})") from None
                 time.sleep(self.retry.wait(failures - 1))
             finally:
                 _release(response)

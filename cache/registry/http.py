@@ -24,6 +24,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -54,6 +55,10 @@ class ProtocolError(HTTPError):
     """Something that is not an HTTP/1.x response where one was expected."""
 
 
+class TooSlow(HTTPError):
+    """A response that stayed under the speed floor for a whole window (what was read was handed out)."""
+
+
 # What a failed exchange raises: refused or reset connections, timeouts and TLS errors (all
 # OSError), and responses that break the framing. All are worth another try.
 TRANSIENT = (HTTPError, OSError)
@@ -70,6 +75,76 @@ class _Lines(Protocol):
 class Timeout(NamedTuple):
     connect: float
     read: float | None  # None: wait as long as it takes (a daemon's save stream)
+
+
+class SpeedFloor(NamedTuple):
+    """curl's --speed-limit/--speed-time: a response that, once its first byte came, brings fewer
+    than ``rate`` bytes a second over ``seconds`` is abandoned. A rate of 0 turns it off."""
+
+    rate: int  # bytes per second
+    seconds: float
+
+    def __str__(self) -> str:
+        from cache.units import format_size
+
+        return f"{format_size(self.rate)}/s over {self.seconds:g} s"
+
+
+class _FlooredSocket(io.RawIOBase):
+    """A socket as the raw stream under a response's buffered reader, holding each response to a
+    speed floor. A read timeout alone fires only after that much silence, so a server that sends a
+    byte a second keeps a transfer alive for ever; here every recv waits at most until the current
+    window ends, and a window that ends with fewer than rate x seconds bytes raises TooSlow. The
+    first window opens with the first byte: time to first byte and an upload's wait for its answer
+    stay under the read timeout only."""
+
+    def __init__(self, sock: socket.socket, floor: SpeedFloor, read_timeout: float | None) -> None:
+        super().__init__()
+        self._sock = sock
+        self._floor = floor
+        self._read_timeout = read_timeout
+        self.restart()
+
+    def restart(self) -> None:
+        """A request was sent: its response starts with no window and a fresh read timeout."""
+        self._window_start: float | None = None
+        self._window_bytes = 0
+        self._last_data = time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while True:
+            now = time.monotonic()
+            self._check(now)
+            self._sock.settimeout(self._wait(now))
+            try:
+                got = self._sock.recv_into(buffer)
+            except TimeoutError:
+                continue  # a window ended (or the read timeout did): _check and _wait decide
+            now = time.monotonic()
+            if self._window_start is None:
+                self._window_start = now
+            self._window_bytes += got
+            self._last_data = now
+            return got
+
+    def _check(self, now: float) -> None:
+        if self._window_start is None or now - self._window_start < self._floor.seconds:
+            return
+        if self._window_bytes < self._floor.rate * self._floor.seconds:
+            raise TooSlow(f"under the speed floor of {self._floor}; see --min-speed or LAYERHOARD_MIN_SPEED")
+        self._window_start, self._window_bytes = now, 0
+
+    def _wait(self, now: float) -> float | None:
+        """How long the next recv may wait: to the end of the window or of the read timeout."""
+        deadlines = [] if self._window_start is None else [self._window_start + self._floor.seconds]
+        if self._read_timeout is not None:
+            if now - self._last_data >= self._read_timeout:
+                raise TimeoutError("timed out")
+            deadlines.append(self._last_data + self._read_timeout)
+        return max(min(deadlines) - now, 0.001) if deadlines else None
 
 
 class Headers(dict[str, str]):
@@ -91,9 +166,11 @@ class Connection:
     a unix socket (``unix_path``: a Docker daemon), where host names the origin only."""
 
     def __init__(self, host: str, port: int, *, timeout: Timeout, tls: ssl.SSLContext | None = None,
-                 proxy: Proxy | None = None, unix_path: str | None = None) -> None:
+                 proxy: Proxy | None = None, unix_path: str | None = None, floor: SpeedFloor | None = None) -> None:
         self.host, self.port = host, port
         self._timeout = timeout
+        self._floor = floor if floor is not None and floor.rate > 0 else None
+        self._floored: _FlooredSocket | None = None
         self._tls = tls
         self._proxy = proxy
         self._unix_path = unix_path
@@ -103,7 +180,11 @@ class Connection:
     def open(self) -> None:
         sock = self._connect_unix(self._unix_path) if self._unix_path is not None else self._connect_tcp()
         self.sock = sock
-        self.reader = sock.makefile("rb")
+        if self._floor is None:
+            self.reader = sock.makefile("rb")
+        else:
+            self._floored = _FlooredSocket(sock, self._floor, self._timeout.read)
+            self.reader = io.BufferedReader(self._floored)
 
     def _connect_tcp(self) -> socket.socket:
         host, port = (self._proxy.host, self._proxy.port) if self._proxy else (self.host, self.port)
@@ -138,7 +219,7 @@ class Connection:
             self.reader.close()
         if self.sock is not None:
             self.sock.close()
-        self.sock = self.reader = None
+        self.sock = self.reader = self._floored = None
 
     def still_open(self) -> bool:
         """False when an idle connection has something to read: the server closed it (or sent junk)."""
@@ -164,9 +245,17 @@ class Connection:
         if length is not None and not any(name.lower() == "content-length" for name in headers):
             lines.append(f"Content-Length: {length}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self._floored is not None:
+            self.sock.settimeout(self._timeout.read)  # the floor shortened it for its last recv
         if isinstance(body, bytes) and len(body) <= SEND_BLOCK:
             self.sock.sendall(head + body)
-            return
+        else:
+            self._send_body(head, body)
+        if self._floored is not None:
+            self._floored.restart()
+
+    def _send_body(self, head: bytes, body: Body) -> None:
+        assert self.sock is not None
         self.sock.sendall(head)
         if isinstance(body, bytes):
             self.sock.sendall(body)
@@ -355,9 +444,11 @@ class Response:
 class Pool:
     """Idle keep-alive connections per origin (scheme://host:port); thread-safe."""
 
-    def __init__(self, *, max_idle: int, timeout: Timeout, verify_tls: bool = True) -> None:
+    def __init__(self, *, max_idle: int, timeout: Timeout, verify_tls: bool = True,
+                 floor: SpeedFloor | None = None) -> None:
         self._max_idle = max_idle
         self._timeout = timeout
+        self._floor = floor
         self._verify_tls = verify_tls
         self._idle: dict[str, list[Connection]] = {}
         self._proxies: dict[str, Proxy | None] = {}
@@ -422,7 +513,8 @@ class Pool:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProtocolError(f"cannot connect to {origin!r}: only http:// and https:// URLs")
         tls = self._tls() if parts.scheme == "https" else None
-        return Connection(parts.hostname, _port_of(origin), timeout=self._timeout, tls=tls, proxy=self._proxy(origin))
+        return Connection(parts.hostname, _port_of(origin), timeout=self._timeout, tls=tls, proxy=self._proxy(origin),
+                          floor=self._floor)
 
     def _tls(self) -> ssl.SSLContext:
         """One TLS context for the pool, made on the first HTTPS origin (loading CAs takes time)."""

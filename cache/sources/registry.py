@@ -23,6 +23,7 @@ from cache.sources import DEFAULT_JOBS
 from cache.store import BlobStore
 
 if TYPE_CHECKING:
+    from cache.registry.http import SpeedFloor
     from cache.tier import RemoteTier
 
 
@@ -34,6 +35,7 @@ class RegistryPullOptions(NamedTuple):
     offline: bool = False
     progress: ProgressFactory = no_progress
     remote: RemoteTier | None = None  # the team's remote tier: asked before the origin (cache/tier.py)
+    floor: SpeedFloor | None = None  # None: the environment's, else the default (cache.registry.client.speed_floor)
 
 
 def record_name(ref: ImageRef) -> str:
@@ -58,7 +60,8 @@ def pull_from_registry(
         if options.offline:
             raise ImageNotFound(f"{name} is not in the cache, and --offline forbids fetching it")
         own_client = client is None
-        client = client or RegistryClient(ref.registry, insecure=options.insecure, pool_size=options.jobs + 2)
+        client = client or RegistryClient(ref.registry, insecure=options.insecure, pool_size=options.jobs + 2,
+                                          floor=options.floor)
         try:
             report = _pull_online(store, client, ref, name, source, options)
         finally:

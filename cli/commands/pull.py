@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,6 +18,9 @@ from cache.sources import DEFAULT_JOBS
 from cache.units import format_size
 from cli.output import Context, pass_context
 from cli.remote import finish_remote, open_remote, remote_options
+
+if TYPE_CHECKING:
+    from cache.registry.http import SpeedFloor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +46,28 @@ def _parse_platform(value: str | None) -> Platform | None:
         raise click.BadParameter(str(error), param_hint="--platform") from None
 
 
+def _parse_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """--min-speed as bytes/s, --min-speed-time as seconds (parsed here: a bad one is a usage error)."""
+    if value is None:
+        return None
+    from cache.registry.client import parse_window  # the registry client loads only when a floor is given
+    from cache.units import parse_size
+
+    try:
+        return parse_size(value) if param.name == "min_speed" else parse_window(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _floor(min_speed: int | None, min_speed_time: float | None) -> SpeedFloor | None:
+    """The speed floor the options set (what they leave out from the environment); None: no option."""
+    if min_speed is None and min_speed_time is None:
+        return None  # the registry client reads the environment itself, and only when it is used
+    from cache.registry.client import speed_floor
+
+    return speed_floor(min_speed, min_speed_time)
+
+
 def pull_options(function: F) -> F:
     """The options pull and warm share."""
     options = [
@@ -53,6 +78,11 @@ def pull_options(function: F) -> F:
         click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS (non-loopback)."),
         click.option("--offline", is_flag=True, help="Use only what is cached; make no request."),
         click.option("--docker-host", help="Docker daemon for docker-daemon: (default: DOCKER_HOST or context)."),
+        click.option("--min-speed", metavar="RATE", callback=_parse_option,
+                     help="Abandon (then resume) a registry transfer slower than RATE bytes/s over --min-speed-time "
+                          "(like 1K; 0: never) [default: LAYERHOARD_MIN_SPEED, else 1K]."),
+        click.option("--min-speed-time", metavar="DUR", callback=_parse_option,
+                     help="The window of --min-speed (like 30s) [default: LAYERHOARD_MIN_SPEED_TIME, else 30s]."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -60,9 +90,10 @@ def pull_options(function: F) -> F:
 
 
 def _options(ctx: Context, platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
-             docker_host: str | None, name: str | None = None) -> PullOptions:
+             docker_host: str | None, floor: SpeedFloor | None, name: str | None = None) -> PullOptions:
     return PullOptions(_parse_platform(platform), all_platforms, jobs, insecure, offline, docker_host, name,
-                       _progress_factory(ctx), None if offline else open_remote(ctx, insecure=insecure, jobs=jobs))
+                       _progress_factory(ctx), None if offline else open_remote(ctx, insecure=insecure, jobs=jobs),
+                       floor)
 
 
 def _summary(report: PullReport) -> str:
@@ -78,9 +109,11 @@ def _summary(report: PullReport) -> str:
 @click.option("--name", help="Name to record an oci: or docker-archive: image under.")
 @pass_context
 def pull_command(ctx: Context, source: str, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
-                 offline: bool, docker_host: str | None, name: str | None) -> None:
+                 offline: bool, docker_host: str | None, min_speed: int | None, min_speed_time: float | None,
+                 name: str | None) -> None:
     """Bring SOURCE into the cache (docker://REF by default; docker-daemon:, oci:, docker-archive:)."""
-    options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host, name)
+    options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
+                       _floor(min_speed, min_speed_time), name)
     report = pull(ctx.store, source, options)
     ctx.result(report.to_json(), _summary(report))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
@@ -104,7 +137,7 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
 def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None, from_zarf: Path | None,
                  export_to: str | None, sbom_dir: Path | None, sbom_format: str,
                  platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
-                 docker_host: str | None) -> None:
+                 docker_host: str | None, min_speed: int | None, min_speed_time: float | None) -> None:
     """Pull many images at once; shared layers are fetched once.
 
     With --export and --sbom-dir it does a packaging build's whole image step in one process: pull
@@ -121,7 +154,8 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
         wanted += read_zarf_images(from_zarf)
     if not wanted:
         raise click.UsageError("name images to warm, or give -f FILE or --from-zarf ZARF_YAML")
-    options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host)
+    options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
+                       _floor(min_speed, min_speed_time))
     result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
     packaged = package(ctx.store, result.reports, export_to=export_to, sbom_dir=sbom_dir,
                        sbom_format=sbom_format) if export_to or sbom_dir else []
