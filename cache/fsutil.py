@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from cache.folder import Folder, UnsafeFile
 
 
 def fsync_dir(path: Path) -> None:
@@ -31,7 +32,7 @@ def replacing(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
             yield out
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temp, mode)
+            os.fchmod(out.fileno(), mode)  # through the descriptor: never chmod a name
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -48,46 +49,39 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``path`` (created when missing).
-
-    Yields True when the lock is held. With ``blocking=False`` it yields False instead of waiting.
-    gc may unlink an idle lock file; after locking we check that the path still names our inode and
-    start over if not, so two holders can never exist.
-    """
-    while True:
-        # Read-only: flock needs no write access, so another user's lock file in a shared cache works.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o664)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except OSError as error:
-                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN) and not blocking:
-                    yield False
-                    return
-                raise
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                continue  # the file was removed while we waited: lock the new one
-            yield True
-            return
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+    """Hold an exclusive ``flock`` on the lock file ``path`` (see :meth:`Folder.lock`); for locks
+    outside a store's own folders. Yields True when held, False with ``blocking=False`` when busy."""
+    folder = Folder.at(path.parent, make=False)
+    try:
+        with folder.lock(path.name, blocking=blocking) as held:
+            yield held
+    finally:
+        folder.close()
 
 
 class InUse:
-    """A temporary file in ingest/ that this process is writing, made (when missing) and marked in
-    use at once: a shared ``flock`` on the file itself, which gc's :func:`remove_unless_in_use`
-    cannot take over it. :meth:`close` (or the end of a ``with`` block) removes the file once it is
-    published or dropped. The kernel drops the mark if the process dies, so what a killed writer
-    left becomes removable by itself."""
+    """A temporary file in ingest/ that this process is writing, opened or made (when missing, with
+    ``O_EXCL``; a link is never followed) and marked in use at once: a shared ``flock`` on the file itself, which gc's
+    :func:`remove_unless_in_use` cannot take over it. Write through :meth:`writable` (a descriptor of
+    this very file, whatever its name points at later). :meth:`close` (or the end of a ``with``
+    block) removes the file once it is published or dropped. The kernel drops the mark if the
+    process dies, so what a killed writer left becomes removable by itself."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    def __init__(self, folder: Folder, name: str) -> None:
+        self.folder, self.name = folder, name
+        self.path = folder.path / name  # for messages
+        self._fd: int | None = _open_or_make(folder, name)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is no longer in use")
+        return self._fd
+
+    def writable(self) -> int:
+        """A new descriptor of the file, for writing (close it yourself)."""
+        return os.dup(self.fd)
 
     def release(self) -> None:
         """Drop the mark and leave the file (as a writer that died would)."""
@@ -98,8 +92,7 @@ class InUse:
     def close(self) -> None:
         """Remove the file (a published blob lives on under its own name), then drop the mark."""
         if self._fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            self.folder.remove_if_same(self.name, self._fd)
         self.release()
 
     def __enter__(self) -> InUse:
@@ -109,19 +102,38 @@ class InUse:
         self.close()
 
 
-def remove_unless_in_use(path: Path | str) -> bool:
-    """Unlink a temporary file unless a writer marked it :class:`InUse`. True when removed."""
+def _open_or_make(folder: Folder, name: str) -> int:
+    """A read-write descriptor of the plain file ``name`` (with no second name elsewhere), made
+    when missing; a link, FIFO or hard link in its place is removed and a new file made."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = folder.open(name, os.O_RDWR)
+    except FileNotFoundError:
+        return folder.create(name)
+    except UnsafeFile:
+        folder.remove(name)
+        return folder.create(name)
+    if os.fstat(fd).st_nlink == 1:
+        return fd
+    os.close(fd)
+    folder.remove(name)
+    return folder.create(name)
+
+
+def remove_unless_in_use(folder: Folder, name: str) -> bool:
+    """Remove a temporary file unless a writer marked it :class:`InUse`. True when removed. A link,
+    FIFO or device in its place is never ours and is removed unopened (so it cannot hang us)."""
+    try:
+        fd = folder.open(name)
     except FileNotFoundError:
         return False
+    except UnsafeFile:
+        return folder.remove(name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        folder.remove_if_same(name, fd)
         return True
     finally:
         os.close(fd)

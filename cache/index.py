@@ -9,7 +9,7 @@ Keys, one namespace each:
   diffid/<diff_id>   {"<blob digest>": "<media type>", ...}  blobs whose uncompressed sha256 we computed
   blobdiff/<digest>  "<diff_id>"
   image/<ref>        {"ref", "digest", "media_type", "size", "platform", "source", "stored_at", "last_used"}
-  pin/<ref>          "<time pinned>"
+  pin/<ref>          "<time pinned>"  (caches made before pins.json only: cache/pins.py)
   stat/<name>        integer counters
 """
 
@@ -29,6 +29,7 @@ from cache.digest import Digest, parse_digest
 from cache.fsutil import file_lock
 
 JsonDict = dict[str, Any]
+DBNAME: str = diskcache.core.DBNAME  # the SQLite file in meta/
 
 
 class JsonOnlyDisk(diskcache.Disk):  # type: ignore[misc]
@@ -180,25 +181,13 @@ class MetadataIndex:
     def drop_image(self, ref: str) -> None:
         self._cache.delete(f"image/{ref}")
 
-    # -- pins ----------------------------------------------------------------------------------
-    def pin(self, ref: str) -> None:
-        self._set(f"pin/{ref}", time.time())
-        self._checkpoint()
+    # -- pins of caches made before pins.json (cache/pins.py) ---------------------------------
+    def legacy_pins(self) -> dict[str, float]:
+        return {ref: float(when) for ref, when in self._iter("pin/") if isinstance(when, (int, float))}
 
-    def unpin(self, ref: str) -> bool:
-        removed = bool(self._cache.delete(f"pin/{ref}"))
-        self._checkpoint()
-        return removed
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database file, with fsyncs: for what a user set by hand (pins), which
-        unlike the rest of the index cannot be rebuilt. Commands end without closing the index, so
-        otherwise SQLite checkpoints only once the WAL has grown."""
-        with contextlib.closing(sqlite3.connect(self._db_path, timeout=60)) as connection:
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-    def pins(self) -> set[str]:
-        return {ref for ref, _ in self._iter("pin/")}
+    def drop_legacy_pins(self) -> None:
+        for ref in list(self.legacy_pins()):
+            self._cache.delete(f"pin/{ref}")
 
     # -- counters ------------------------------------------------------------------------------
     def count(self, name: str, amount: int = 1) -> None:

@@ -9,14 +9,15 @@ never recorded with a blob that is being deleted (the pull sees the blob gone an
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
 from cache.digest import Digest, parse_digest
-from cache.errors import InvalidDigest
-from cache.fsutil import file_lock, remove_unless_in_use
+from cache.errors import BlobNotFound, InvalidDigest
+from cache.folder import Folder
+from cache.fsutil import remove_unless_in_use
 from cache.images import blobs_of
+from cache.pins import pins
 from cache.store import BlobStore
 
 DEFAULT_GRACE = 3600.0
@@ -39,8 +40,8 @@ def usage(store: BlobStore) -> Usage:
     sizes: dict[Digest, int] = {}
     for digest in store.digests():
         try:
-            sizes[digest] = store.path(digest).stat().st_size
-        except FileNotFoundError:
+            sizes[digest] = store.size(digest)
+        except BlobNotFound:
             continue
     result.blobs, result.bytes = len(sizes), sum(sizes.values())
     for root in image_roots(store):
@@ -62,7 +63,7 @@ def image_roots(store: BlobStore) -> list[Digest]:
 def pinned_roots(store: BlobStore) -> list[Digest]:
     """The manifests of pinned images (from their metadata records: also when index.json lost them)."""
     roots = []
-    for ref in store.index.pins():
+    for ref in pins(store):
         record = store.index.image(ref) or {}
         try:
             roots.append(parse_digest(record.get("digest")))  # type: ignore[arg-type]
@@ -86,13 +87,13 @@ def in_use(store: BlobStore, digest: Digest, cutoff: float) -> bool:
     """Whether a blob not reached from any root may still be wanted: written or used (a pull reused
     it) after ``cutoff``, or with a write of it in progress (a fresh ingest file). A pull in
     progress stores and touches its blobs before it records its image."""
-    if not _older_than(str(store.path(digest)), cutoff):
+    if not _older_than(store.blobs_folder, digest.hex, cutoff):
         return True
     record = store.index.blob(digest)
     if record is not None and float(record.get("last_used") or 0) >= cutoff:
         return True
-    ingest = store.ingest_dir / f"sha256-{digest.hex}"
-    return ingest.exists() and not _older_than(str(ingest), cutoff)
+    ingest = store.ingest_folder.lstat(f"sha256-{digest.hex}")
+    return ingest is not None and ingest.st_mtime >= cutoff
 
 
 def sweep(store: BlobStore, candidates: list[tuple[Digest, float]],
@@ -107,12 +108,9 @@ def sweep(store: BlobStore, candidates: list[tuple[Digest, float]],
         for digest, cutoff in candidates:
             if digest in live or in_use(store, digest, cutoff):
                 continue
-            try:
-                size = store.path(digest).stat().st_size
-            except FileNotFoundError:
-                continue
-            if store.delete(digest, wait=False):
-                removed.append((digest, size))
+            info = store.blobs_folder.lstat(digest.hex)
+            if info is not None and store.delete(digest, wait=False):
+                removed.append((digest, info.st_size))
     return removed
 
 
@@ -124,11 +122,9 @@ class GcResult:
     removed_locks: int = 0
 
 
-def _older_than(path: str, cutoff: float) -> bool:
-    try:
-        return os.stat(path).st_mtime < cutoff
-    except FileNotFoundError:
-        return False
+def _older_than(folder: Folder, name: str, cutoff: float) -> bool:
+    info = folder.lstat(name)  # the entry itself: a planted link says nothing of its target
+    return info is not None and info.st_mtime < cutoff
 
 
 def gc(store: BlobStore, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> GcResult:
@@ -139,41 +135,36 @@ def gc(store: BlobStore, grace: float = DEFAULT_GRACE, dry_run: bool = False) ->
     candidates = [d for d in store.digests() if d not in live and not in_use(store, d, cutoff)]
     if dry_run:
         for digest in candidates:
-            try:
-                result.freed_bytes += store.path(digest).stat().st_size
+            info = store.blobs_folder.lstat(digest.hex)
+            if info is not None:
+                result.freed_bytes += info.st_size
                 result.removed_blobs.append(digest)
-            except FileNotFoundError:
-                continue
     elif candidates:
         with store.index_json_lock():
             removed = sweep(store, [(digest, cutoff) for digest in candidates], known)
         result.removed_blobs = [digest for digest, _ in removed]
         result.freed_bytes = sum(size for _, size in removed)
-    for entry in os.scandir(store.ingest_dir):
-        if _older_than(entry.path, cutoff) and (dry_run or _remove_unlocked_ingest(store, entry.name, entry.path)):
+    for entry in store.ingest_folder.names():
+        if _older_than(store.ingest_folder, entry.name, cutoff) and (
+                dry_run or _remove_unlocked_ingest(store, entry.name)):
             result.removed_ingest += 1
-    for entry in os.scandir(store.locks_dir):
-        if entry.name.startswith("sha256-") and _older_than(entry.path, cutoff) and not dry_run:
-            with file_lock(store.locks_dir / entry.name, blocking=False) as held:
+    locks = store.locks_folder
+    for entry in locks.names():
+        if entry.name.startswith("sha256-") and _older_than(locks, entry.name, cutoff) and not dry_run:
+            with locks.lock(entry.name, blocking=False) as held:
                 if held:
-                    os.unlink(entry.path)  # lock holders re-check the inode, so this is safe
+                    locks.remove(entry.name)  # lock holders re-check the inode, so this is safe
                     result.removed_locks += 1
     return result
 
 
-def _remove_unlocked_ingest(store: BlobStore, name: str, path: str) -> bool:
-    """Remove a stale ingest file unless a writer is at it right now. True when removed."""
+def _remove_unlocked_ingest(store: BlobStore, name: str) -> bool:
+    """Remove a stale ingest file unless a writer is at it right now. True when removed. Nothing
+    here is opened for reading but through :func:`remove_unless_in_use`, which refuses FIFOs."""
     if name.startswith("sha256-"):  # a resumable download: its writer holds the digest's lock
-        with file_lock(store.locks_dir / f"{name}.lock", blocking=False) as held:
+        with store.locks_folder.lock(f"{name}.lock", blocking=False) as held:
             if held:
-                _unlink(path)
+                store.ingest_folder.remove(name)
             return held
-    # tmp-*, spool-*: their writers mark them in use until they are published or dropped
-    return remove_unless_in_use(path)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    # tmp-*, spool-*, upload-*: their writers mark them in use until they are published or dropped
+    return remove_unless_in_use(store.ingest_folder, name)

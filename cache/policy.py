@@ -133,7 +133,7 @@ def apply_after_write(store: BlobStore, wrote_bytes: int) -> bool:
     """Start a background ``layerhoard prune --policy`` when the policy is exceeded. True if started."""
     if not config_path(store.root).exists() or not over_limit(store, wrote_bytes):
         return False
-    with file_lock(store.locks_dir / "prune.lock", blocking=False) as idle:
+    with store.locks_folder.lock("prune.lock", blocking=False) as idle:
         if not idle:
             return False  # a prune is running: it will see this write's bytes too
     command = [sys.executable, "-m", "cli.main", "--cache-dir", str(store.root), "-q", "prune", "--policy"]

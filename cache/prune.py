@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache.digest import Digest, parse_digest
-from cache.errors import ImageNotFound, InvalidDigest, LayerhoardError
-from cache.fsutil import file_lock
+from cache.errors import BlobNotFound, ImageNotFound, InvalidDigest, LayerhoardError
 from cache.images import blobs_of
 from cache.lifecycle import in_use, sweep
+from cache.pins import pins as pinned_refs
 from cache.refs import DaemonSource, ImageRef, RegistrySource, parse_source
 from cache.store import BlobStore, ref_name_of
 
@@ -132,12 +132,11 @@ def _candidates(text: str) -> Iterator[str]:
 # -- planning ------------------------------------------------------------------------------------
 def blob_sizes(store: BlobStore) -> dict[Digest, int]:
     sizes: dict[Digest, int] = {}
-    with os.scandir(store.blobs_dir) as entries:
-        for entry in entries:
-            try:
-                sizes[parse_digest(f"sha256:{entry.name}")] = entry.stat().st_size
-            except (InvalidDigest, FileNotFoundError):
-                continue
+    for entry in store.blobs_folder.names():
+        try:
+            sizes[parse_digest(f"sha256:{entry.name}")] = entry.stat(follow_symlinks=False).st_size
+        except (InvalidDigest, FileNotFoundError):
+            continue
     return sizes
 
 
@@ -157,8 +156,8 @@ def _entries(store: BlobStore, known: dict[Digest, set[Digest]]) -> list[ImageEn
         record = store.index.image(ref) or {}
         last_used = float(record.get("last_used") or 0)
         if not last_used:  # no record (a rebuilt or lost index): the manifest's age stands in
-            with contextlib.suppress(FileNotFoundError):
-                last_used = store.path(digest).stat().st_mtime
+            with contextlib.suppress(BlobNotFound):
+                last_used = store.stat(digest).st_mtime
         if digest not in known:
             known[digest] = set(blobs_of(store, digest))
         out.append(ImageEntry(ref, digest, last_used, known[digest]))
@@ -174,7 +173,7 @@ def plan_prune(store: BlobStore, policy: PrunePolicy, now: float | None = None,
     sizes = blob_sizes(store)
     plan = PrunePlan(bytes_before=sum(sizes.values()))
     images = _entries(store, known)
-    pins = store.index.pins()
+    pins = pinned_refs(store)
     refcount: dict[Digest, int] = dict.fromkeys(sizes, 0)
     for ref in pins:  # a pinned image's blobs stay even if index.json lost the image
         record = store.index.image(ref) or {}
@@ -226,7 +225,7 @@ def _over(policy: PrunePolicy, plan: PrunePlan, disk_free: int) -> bool:
 def prune(store: BlobStore, policy: PrunePolicy, *, dry_run: bool = False, wait: bool = True) -> PrunePlan | None:
     """Plan and (unless ``dry_run``) apply a prune. With ``wait=False`` returns None at once when
     another prune is running (the background policy prune)."""
-    with file_lock(store.locks_dir / "prune.lock", blocking=wait) as held:
+    with store.locks_folder.lock("prune.lock", blocking=wait) as held:
         if not held:
             return None
         known: dict[Digest, set[Digest]] = {}

@@ -7,7 +7,8 @@ filled from what is on disk and checked here:
 - an image record per index.json entry (last use: the manifest's mtime; source "rebuilt");
 - diff_id pairs only for layers we decompressed and hashed here, and only when the hash is the
   diff_id their image's config lists (invariant 4: never because a config merely says so);
-- pins and counters are copied from the old database when SQLite can still read those rows.
+- counters are copied from the old database when SQLite can still read those rows; pins live in
+  pins.json and are untouched (an old cache's pins, still in its database, move to pins.json).
 
 SBOM scan records are not rebuilt: they are made again on the next ``sbom`` of each layer.
 """
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache.compression import CorruptLayer, DiffIdHasher
-from cache.digest import Digest, hash_file
-from cache.errors import LayerhoardError
-from cache.fsutil import file_lock
+from cache.digest import Digest, hash_handle
+from cache.errors import BlobNotFound, LayerhoardError
 from cache.model import MAX_MANIFEST_BYTES, Descriptor, Manifest, compression_of, parse_config, parse_manifest_or_index
+from cache.pins import PINS_FILE, pin, pins
 from cache.store import REF_NAME, BlobStore
 
 
@@ -47,29 +48,30 @@ def rebuild_index(store: BlobStore) -> RebuildResult:
     store.close()
     meta = store.root / "meta"
     salvaged = _salvage(meta)
-    with file_lock(store.locks_dir / "meta.lock"):
+    with store.locks_folder.lock("meta.lock"):
         if meta.exists():
             result.moved_to = store.root / f"meta.broken-{int(time.time())}-{uuid.uuid4().hex[:8]}"  # unique
             os.rename(meta, result.moved_to)
     index = store.index  # a new, empty one
+    legacy_pins = not (store.root / PINS_FILE).exists()
     for key, value in salvaged:
-        if key.startswith("pin/"):
-            index.pin(key[4:])
-            result.pins += 1
+        if key.startswith("pin/") and legacy_pins:
+            pin(store, key[4:])  # a cache from before pins.json: its pins move there now
         elif key.startswith("stat/") and isinstance(value, int):
             index.count(key[5:], value)
     for digest in list(store.digests()):
-        path = store.path(digest)
         try:
-            size = path.stat().st_size
-            index.record_blob(digest, size, hash_file(str(path), use_blake3=True), None, "rebuilt")
-        except FileNotFoundError:
-            continue  # removed meanwhile
+            with store.open(digest) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                index.record_blob(digest, size, hash_handle(handle, use_blake3=True), None, "rebuilt")
+        except BlobNotFound:
+            continue  # removed meanwhile, or not a blob of ours (verify moves it aside)
         result.blobs += 1
     for entry in store.images():
         if _record_image(store, entry):
             result.images += 1
     result.diff_ids = _record_diff_ids(store)
+    result.pins = len(pins(store))  # kept: pins.json is not part of the index
     return result
 
 
@@ -99,7 +101,7 @@ def _record_image(store: BlobStore, entry: dict[str, object]) -> bool:
         return False
     try:
         descriptor = Descriptor.from_json(entry, f"index.json entry {ref}")
-        last_used = store.path(descriptor.digest).stat().st_mtime
+        last_used = store.stat(descriptor.digest).st_mtime
     except (LayerhoardError, FileNotFoundError):
         return False
     store.index.record_image(ref, {

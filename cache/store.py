@@ -21,8 +21,8 @@ import errno
 import json
 import os
 import queue
-import shutil
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -30,15 +30,18 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from cache.digest import CHUNK, Digest, Hasher, check, hash_file, iter_chunks, parse_digest, sha256_of
+from cache.digest import CHUNK, Digest, Hasher, check, hash_handle, iter_chunks, parse_digest, sha256_of
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
-from cache.fsutil import InUse, file_lock, fsync_dir, write_atomic
-from cache.index import MetadataIndex
-from cache.shared import make_dirs, share_meta
+from cache.folder import Folder, UnsafeFile
+from cache.fsutil import InUse, write_atomic
+from cache.index import DBNAME, MetadataIndex
+from cache.shared import make_dirs, share_meta, shared_mode
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 REF_NAME = "org.opencontainers.image.ref.name"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+MAX_INDEX_JSON = 64 << 20  # index.json is read whole by every command: refuse one past this
+PUBLISHED_MODE = 0o444  # read-only for everyone: every blob we publish has this mode
 
 
 def default_cache_dir() -> Path:
@@ -144,26 +147,23 @@ class BlobWriter:
     """Bytes on their way into the store under one digest. Made by :meth:`BlobStore.writer`.
 
     ``offset`` is how many bytes an earlier, interrupted attempt left in ingest/ (already hashed
-    again), so a caller that can resume asks its source for the rest only.
+    again), so a caller that can resume asks its source for the rest only. The ingest file is
+    reached only through its descriptor once opened: it is published by linking that descriptor.
     """
 
     def __init__(self, store: BlobStore, digest: Digest, size: int | None, resume: bool) -> None:
         self.store = store
         self.digest = digest
         self.size = size
-        self.path = store.ingest_dir / f"sha256-{digest.hex}"
+        self.name = f"sha256-{digest.hex}"
+        self.path = store.ingest_folder.path / self.name  # for messages
         self._hasher = Hasher()
-        resuming = resume and self.path.exists()
+        fd = _open_partial(store.ingest_folder, self.name) if resume else None
+        resuming = fd is not None
+        if fd is None:
+            fd = store.ingest_folder.create(self.name)
+        self._file: BinaryIO = os.fdopen(fd, "r+b")
         if resuming:
-            try:
-                os.chmod(self.path, 0o644)  # a writer killed inside _publish leaves it read-only
-            except PermissionError:  # another user's leftover in a shared cache: start over
-                resuming = False
-        if not resuming:
-            self.path.unlink(missing_ok=True)  # "w+b" cannot open a read-only leftover unless root
-        mode = "r+b" if resuming else "w+b"
-        self._file: BinaryIO = open(self.path, mode)  # type: ignore[assignment]  # noqa: SIM115
-        if mode == "r+b":
             while chunk := self._file.read(4 * CHUNK):
                 self._hasher.update(chunk)
             if size is not None and self._hasher.size > size:
@@ -171,6 +171,7 @@ class BlobWriter:
                 self._file.truncate()
                 self._hasher = Hasher()
         self._behind = _WriteBehind(self._file, self._hasher)
+        self._synced = False
         self.committed = False
 
     @property
@@ -194,19 +195,19 @@ class BlobWriter:
     def existing_chunks(self) -> Iterator[bytes]:
         """The bytes an earlier attempt left (the first ``offset`` bytes), for callers that hash too."""
         self._behind.finish()  # every byte counted in offset is in the file
-        with open(self.path, "rb") as handle:
-            remaining = self.offset
-            while remaining > 0 and (chunk := handle.read(min(4 * CHUNK, remaining))):
-                remaining -= len(chunk)
-                yield chunk
+        self._file.flush()
+        fd, position = self._file.fileno(), 0
+        while position < self.offset and (chunk := os.pread(fd, min(4 * CHUNK, self.offset - position), position)):
+            position += len(chunk)
+            yield chunk
 
     def verify(self) -> None:
         """Flush to disk and check size and sha256; on a mismatch the partial data is deleted."""
-        if not self._file.closed:
+        if not self._synced:
             self._behind.finish()
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
+            self._synced = True
         try:
             check(self.digest, self._hasher.digest, self.size, self._hasher.size, f"blob {self.digest}")
         except LayerhoardError:
@@ -215,13 +216,15 @@ class BlobWriter:
 
     def discard(self) -> None:
         """Drop the partial data: it is known bad, or its source cannot resume."""
+        if not self._file.closed:
+            self.store.ingest_folder.remove_if_same(self.name, self._file.fileno())
         self.close()
-        self.path.unlink(missing_ok=True)
 
     def commit(self, media_type: str | None = None, source: str | None = None) -> None:
         """Check and publish; on a mismatch the partial data is deleted and the error raised."""
         self.verify()
-        self.store._publish(self.path, self.digest)
+        self.store._publish(self._file.fileno(), self.digest, self.name)
+        self.close()
         self.store.index.record_blob(self.digest, self._hasher.size, self._hasher.blake3, media_type, source)
         self.committed = True
 
@@ -230,6 +233,32 @@ class BlobWriter:
         if not self._file.closed:
             self._behind.finish(raise_error=False)
             self._file.close()
+
+
+def _open_partial(ingest: Folder, name: str) -> int | None:
+    """A read-write descriptor of what an interrupted write of ours left under ``name``, or None to
+    start over. Only our own plain file is resumed: another member's leftover (which we may not
+    write), a link, a FIFO or a file with a second name elsewhere is replaced, never written to."""
+    try:
+        fd = ingest.open(name)  # read-only first: a writer killed inside _publish left it 0444
+    except FileNotFoundError:
+        return None
+    except UnsafeFile:
+        ingest.remove(name)
+        return None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or info.st_nlink != 1:
+            return None
+        os.fchmod(fd, 0o644)
+        return ingest.reopen(fd, name, os.O_RDWR)
+    finally:
+        os.close(fd)
+
+
+class UnsafeBlob(BlobNotFound):
+    """A name in blobs/ that is not a blob we published (a link, a FIFO, a writable or private
+    file): treated as absent, never read or served; verify moves it aside."""
 
 
 class BlobStore:
@@ -248,29 +277,36 @@ class BlobStore:
     # -- layout --------------------------------------------------------------------------------
     def _init_layout(self) -> None:
         try:
-            for folder in (self.blobs_dir, self.ingest_dir, self.locks_dir):
-                make_dirs(folder, self.root)  # group-writable in a shared (setgid) cache folder
+            make_dirs(self.root, self.root)
+            mode = shared_mode(self.root)  # group-writable folders in a shared (setgid) cache folder
+            self.root_folder = Folder.at(self.root)
+            self.blobs_folder = Folder.at(self.root, "blobs", "sha256", mode=mode)
+            self.ingest_folder = Folder.at(self.root, "ingest", mode=mode)
+            self.locks_folder = Folder.at(self.root, "locks", mode=mode)
         except OSError as error:
             raise LayerhoardError(f"cannot create cache folder {self.root}: {error.strerror}") from error
-        layout = self.root / "oci-layout"
-        if not layout.exists():
-            write_atomic(layout, json.dumps(LAYOUT_VERSION).encode())
-        if not self.index_path.exists():
-            with file_lock(self.locks_dir / "index.json.lock"):
-                if not self.index_path.exists():
+        if self.root_folder.lstat("oci-layout") is None:
+            write_atomic(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
+        if self.root_folder.lstat("index.json") is None:
+            with self.index_json_lock():
+                if self.root_folder.lstat("index.json") is None:
                     self._write_index_json([])
 
     @property
     def index(self) -> MetadataIndex:
         if self._index is None:
-            make_dirs(self.root / "meta", self.root)
+            meta = Folder.at(self.root, "meta", mode=shared_mode(self.root))
             try:
+                with self.locks_folder.lock("meta.lock"):
+                    _check_meta_files(meta, self)
                 self._index = MetadataIndex(self.root / "meta", self.locks_dir / "meta.lock")
             except sqlite3.DatabaseError as error:  # never a traceback: the index is rebuildable
                 raise LayerhoardError(
                     f"the metadata index {self.root / 'meta'} is damaged ({error}); "
                     "run `layerhoard gc --rebuild-index`"
                 ) from None
+            finally:
+                meta.close()
             share_meta(self.root / "meta", self.root)
         return self._index
 
@@ -281,22 +317,36 @@ class BlobStore:
 
     # -- reading (no locks) --------------------------------------------------------------------
     def path(self, digest: Digest) -> Path:
+        """Where the blob lives, for messages and for tools outside; the store reads through :meth:`open`."""
         return self.blobs_dir / digest.hex
 
     def has(self, digest: Digest) -> bool:
-        return self.path(digest).is_file()
+        return self.blobs_folder.is_file(digest.hex)
+
+    def stat(self, digest: Digest) -> os.stat_result:
+        """The blob's file itself (a link is not followed); BlobNotFound when it is not a stored blob."""
+        info = self.blobs_folder.lstat(digest.hex)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            raise BlobNotFound(f"blob {digest} is not in the cache")
+        return info
 
     def size(self, digest: Digest) -> int:
-        try:
-            return self.path(digest).stat().st_size
-        except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} is not in the cache") from None
+        return self.stat(digest).st_size
 
     def open(self, digest: Digest) -> BinaryIO:
+        """The blob's bytes. Only a plain, world-readable file of the cache is read: a link, a FIFO or
+        a private file put under a blob's name in a shared cache raises :class:`UnsafeBlob`."""
         try:
-            return open(self.path(digest), "rb")
+            fd = self.blobs_folder.open(digest.hex)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {digest} is not in the cache") from None
+        except UnsafeFile as error:
+            raise UnsafeBlob(f"blob {digest} refused: {error}; run `layerhoard verify --repair`") from None
+        if os.fstat(fd).st_mode & PUBLISHED_MODE != PUBLISHED_MODE:  # every blob we publish is 0444
+            os.close(fd)
+            raise UnsafeBlob(f"blob {digest} refused: {self.path(digest)} is not readable by everyone, so it is "
+                             "not a blob layerhoard published; run `layerhoard verify --repair`")
+        return os.fdopen(fd, "rb")
 
     def read_bytes(self, digest: Digest) -> bytes:
         """A small blob (manifest, config) in memory."""
@@ -304,18 +354,16 @@ class BlobStore:
             return handle.read()
 
     def digests(self) -> Iterator[Digest]:
-        for entry in os.scandir(self.blobs_dir):
+        for entry in self.blobs_folder.names():
             try:
                 yield parse_digest(f"sha256:{entry.name}")
             except LayerhoardError:
                 continue  # not ours: ignore rather than serve it
 
     # -- writing -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, digest: Digest) -> Iterator[None]:
+    def lock(self, digest: Digest, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
         """The cross-process lock of one digest: one transfer per digest (invariant 3)."""
-        with file_lock(self.locks_dir / f"sha256-{digest.hex}.lock"):
-            yield
+        return self.locks_folder.lock(f"sha256-{digest.hex}.lock", blocking=blocking)
 
     @contextlib.contextmanager
     def writer(self, digest: Digest, size: int | None = None, *, resume: bool = False) -> Iterator[BlobWriter | None]:
@@ -374,47 +422,48 @@ class BlobStore:
         Returns (digest, size, written_now).
         """
         hasher = Hasher()
-        with InUse(self.ingest_dir / f"tmp-{uuid.uuid4().hex}") as temp:  # gc leaves it alone until adopted
-            with open(temp.path, "wb") as handle:
+        with InUse(self.ingest_folder, f"tmp-{uuid.uuid4().hex}") as temp:  # gc leaves it alone until adopted
+            with os.fdopen(temp.writable(), "wb") as handle:
                 for chunk in iter_chunks(stream):
                     hasher.update(chunk)
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            written = self.adopt(temp.path, hasher.digest, hasher.size, hasher.blake3, media_type, source)
+            written = self.adopt(temp, hasher.digest, hasher.size, hasher.blake3, media_type, source)
             return hasher.digest, hasher.size, written
 
     def adopt(
-        self, path: Path, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None
+        self, temp: InUse, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None
     ) -> bool:
-        """Publish a complete, fsynced file under ``ingest/`` that the caller hashed while writing
-        it (``digest``, ``blake3``). True when published now, False when the blob was already there."""
+        """Publish a complete, fsynced file in ``ingest/`` that the caller made as ``temp`` and hashed
+        while writing it (``digest``, ``blake3``). True when published now, False when already there."""
         with self.lock(digest):
             if self.has(digest):
                 return False
-            self._publish(path, digest)
+            self._publish(temp.fd, digest, temp.name)
             self.index.record_blob(digest, size, blake3, media_type, source)
             return True
 
-    def _publish(self, ingest_path: Path, digest: Digest) -> None:
-        """Make checked bytes visible under their digest. Caller holds the digest's lock."""
-        os.chmod(ingest_path, 0o444)
+    def _publish(self, fd: int, digest: Digest, ingest_name: str) -> None:
+        """Make the checked bytes of the ingest file open as ``fd`` visible under their digest.
+        Caller holds the digest's lock. The descriptor, not the name, is linked: whatever a member
+        put under the ingest name meanwhile is never published."""
+        os.fchmod(fd, 0o444)
         try:
-            os.link(ingest_path, self.path(digest))
+            self.blobs_folder.link(fd, digest.hex, (self.ingest_folder, ingest_name))
         except FileExistsError:
-            pass  # someone published the same bytes first: that is success
-        ingest_path.unlink(missing_ok=True)
-        fsync_dir(self.blobs_dir)
+            if not self.has(digest):  # a link or special file planted under the blob's name: replace it
+                self.blobs_folder.remove(digest.hex)
+                self.blobs_folder.link(fd, digest.hex, (self.ingest_folder, ingest_name))
+            # else someone published the same bytes first: that is success
+        self.ingest_folder.remove_if_same(ingest_name, fd)
+        self.blobs_folder.fsync()
 
     def delete(self, digest: Digest, *, wait: bool = True) -> bool:
         """Remove a blob (prune, gc). Takes the digest's lock so no write of it is in progress;
         with ``wait=False`` a blob whose lock is held (a write in progress) is left alone."""
-        with file_lock(self.locks_dir / f"sha256-{digest.hex}.lock", blocking=wait) as held:
-            if not held:
-                return False
-            try:
-                self.path(digest).unlink()
-            except FileNotFoundError:
+        with self.lock(digest, blocking=wait) as held:
+            if not held or not self.blobs_folder.remove(digest.hex):
                 return False
         self.index.drop_blob(digest)
         return True
@@ -423,9 +472,21 @@ class BlobStore:
     def images(self) -> list[dict[str, object]]:
         """The descriptors of index.json, each with its ref name annotation."""
         try:
-            data = json.loads(self.index_path.read_bytes())
+            fd = self.root_folder.open("index.json")
         except FileNotFoundError:
             return []
+        except UnsafeFile as error:
+            raise LayerhoardError(f"{error}: move it aside and pull the images again") from None
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(fd).st_size
+            if size > MAX_INDEX_JSON:  # 2,000 images take about 1 MB: this is damage, not a cache
+                raise LayerhoardError(
+                    f"{self.index_path} is {size} bytes, more than the {MAX_INDEX_JSON} an index of "
+                    "images may take; it is damaged or not ours: move it aside and pull the images again"
+                )
+            raw = handle.read(MAX_INDEX_JSON + 1)
+        try:
+            data = json.loads(raw)
         except ValueError as error:
             raise LayerhoardError(f"{self.index_path} is not valid JSON: {error}") from error
         manifests = data.get("manifests", []) if isinstance(data, dict) else []
@@ -459,7 +520,7 @@ class BlobStore:
             self._write_index_json(entries)
 
     def remove_image(self, ref: str) -> bool:
-        with file_lock(self.locks_dir / "index.json.lock"):
+        with self.index_json_lock():
             entries = self.images()
             kept = [e for e in entries if ref_name_of(e) != ref]
             if len(kept) == len(entries):
@@ -469,7 +530,7 @@ class BlobStore:
 
     def index_json_lock(self) -> contextlib.AbstractContextManager[bool]:
         """The lock every change of index.json holds (not reentrant)."""
-        return file_lock(self.locks_dir / "index.json.lock")
+        return self.locks_folder.lock("index.json.lock")
 
     def replace_images(self, entries: list[dict[str, object]]) -> None:
         """Write index.json with exactly ``entries``; the caller holds :meth:`index_json_lock`."""
@@ -484,26 +545,20 @@ class BlobStore:
         """Re-hash every blob; move damaged ones to corrupt/ so they are never served.
 
         ``full`` checks sha256 against the name; otherwise blake3 against the record made at ingest
-        (sha256 where no record exists). ``repair`` also forgets the blob in the index so the next
+        (sha256 where no record exists). A name that is not a blob we published (a link, a FIFO, a
+        writable file) is damage too. ``repair`` also forgets the blob in the index so the next
         pull fetches it again. Returns (blobs checked, corrupt blobs).
         """
         checked = 0
         corrupt: list[CorruptBlob] = []
         for digest in list(self.digests()):
-            path = self.path(digest)
             record = self.index.blob(digest)
-            reason = None
             try:
-                if full or record is None or not record.get("blake3"):
-                    actual = parse_digest(f"sha256:{hash_file(str(path))}")
-                    if actual != digest:
-                        reason = f"sha256 is {actual}"
-                else:
-                    actual_b3 = hash_file(str(path), use_blake3=True)
-                    if actual_b3 != record["blake3"]:
-                        reason = f"blake3 is {actual_b3}, recorded {record['blake3']}"
-            except FileNotFoundError:
-                continue  # deleted by prune while we looked
+                reason = self._damage(digest, record if not full else None)
+            except BlobNotFound as error:
+                if not isinstance(error, UnsafeBlob):
+                    continue  # deleted by prune while we looked
+                reason = str(error)
             checked += 1
             if reason is None:
                 continue
@@ -512,13 +567,41 @@ class BlobStore:
                 self.index.drop_blob(digest)
         return checked, corrupt
 
+    def _damage(self, digest: Digest, record: dict[str, object] | None) -> str | None:
+        """What is wrong with a blob's bytes: sha256 checked against the name, or blake3 against
+        ``record`` (made at ingest) when given; None when nothing is."""
+        with self.open(digest) as handle:
+            if record is None or not record.get("blake3"):
+                actual = Digest(hash_handle(handle))
+                return None if actual == digest else f"sha256 is {actual}"
+            actual_b3 = hash_handle(handle, use_blake3=True)
+            return None if actual_b3 == record["blake3"] else f"blake3 is {actual_b3}, recorded {record['blake3']}"
+
     def _quarantine(self, digest: Digest) -> Path:
         make_dirs(self.corrupt_dir, self.root)
-        target = self.corrupt_dir / f"sha256-{digest.hex}-{int(time.time())}"
-        with self.lock(digest):
-            shutil.move(str(self.path(digest)), target)
-        fsync_dir(self.blobs_dir)
-        return target
+        name = f"sha256-{digest.hex}-{int(time.time())}"
+        corrupt = Folder.at(self.root, "corrupt", make=False)
+        try:
+            with self.lock(digest):
+                self.blobs_folder.rename(digest.hex, corrupt, name)  # a link moves as a link
+            corrupt.fsync()
+        finally:
+            corrupt.close()
+        self.blobs_folder.fsync()
+        return self.corrupt_dir / name
+
+
+def _check_meta_files(meta: Folder, store: BlobStore) -> None:
+    """Before SQLite opens the metadata index (it follows links): remove a link or special file put
+    in place of one of its files, and refuse a database emptied under a cache that holds blobs
+    (SQLite would silently start an empty one)."""
+    for name in (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm", f"{DBNAME}-journal"):
+        info = meta.lstat(name)
+        if info is not None and (not stat.S_ISREG(info.st_mode) or info.st_nlink != 1):
+            meta.remove(name)
+    info = meta.lstat(DBNAME)
+    if info is not None and info.st_size == 0 and next(iter(store.digests()), None) is not None:
+        raise sqlite3.DatabaseError(f"{DBNAME} is empty")
 
 
 def ref_name_of(entry: dict[str, object]) -> str | None:

@@ -11,6 +11,7 @@ import blake3
 import pytest
 
 from cache.compression import zstd_compressor
+from cache.folder import Folder
 from cache.sources.blobfile import ALIGN, DIRECT_BLOCK, BufferedFile, DirectFile, open_blob_file
 from cache.sources.staging import BackgroundSink, StagedWriter
 from tests.images import random_layer
@@ -28,12 +29,16 @@ def pieces(data: bytes) -> list[bytes]:
     return out
 
 
+
+def new_file(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
 @pytest.mark.parametrize("kind", [DirectFile, BufferedFile])
 @pytest.mark.parametrize("size", SIZES)
 def test_writers_store_exactly_the_bytes(tmp_path: Path, kind: type, size: int) -> None:
     data = os.urandom(size)
     path = tmp_path / "blob"
-    writer = kind(path)
+    writer = kind(new_file(path))
     for piece in pieces(data):
         writer.write(memoryview(piece))
     writer.finish()
@@ -42,7 +47,7 @@ def test_writers_store_exactly_the_bytes(tmp_path: Path, kind: type, size: int) 
 
 
 def test_direct_io_where_the_file_system_allows_it(tmp_path: Path) -> None:
-    writer = open_blob_file(tmp_path / "blob")
+    writer = open_blob_file(new_file(tmp_path / "blob"))
     try:
         assert isinstance(writer, DirectFile)  # ext4 and tmpfs both take O_DIRECT on this kernel
     finally:
@@ -52,7 +57,7 @@ def test_direct_io_where_the_file_system_allows_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", [DirectFile, BufferedFile])
 def test_close_without_finish_releases_everything(tmp_path: Path, kind: type) -> None:
     before = len(os.listdir("/proc/self/fd"))
-    writer = kind(tmp_path / "blob")
+    writer = kind(new_file(tmp_path / "blob"))
     writer.write(os.urandom(DIRECT_BLOCK + 5))
     writer.close()
     assert len(os.listdir("/proc/self/fd")) == before
@@ -64,7 +69,7 @@ def test_sink_output_is_the_fixed_zstd_encoding(tmp_path: Path, buffer_bytes: in
     layer = random_layer(3_000_000, 21) + random_layer(2_000_000, 22, compressible=True)
     reference = zstd_compressor().compressobj(size=-1)
     expected = reference.compress(layer) + reference.flush()
-    writer = StagedWriter(tmp_path, "zstd")
+    writer = StagedWriter(Folder.at(tmp_path), "zstd")
     sink = BackgroundSink(writer, zstd_compressor(), buffer_bytes=buffer_bytes)
     position = 0
     while position < len(layer):
@@ -83,7 +88,7 @@ def test_sink_output_is_the_fixed_zstd_encoding(tmp_path: Path, buffer_bytes: in
 def test_small_blob_starts_no_thread(tmp_path: Path) -> None:
     """Images have many small layers: one below a block is written by finish() alone."""
     before = threading.active_count()
-    writer = DirectFile(tmp_path / "small")
+    writer = DirectFile(new_file(tmp_path / "small"))
     writer.write(os.urandom(DIRECT_BLOCK - 1))
     assert threading.active_count() == before
     writer.write(b"xy")  # the first block is full: now it is written in the background

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from cache import pins
 from cache.digest import sha256_of
 from cache.fsutil import InUse
 from cache.store import BlobStore
@@ -49,7 +50,7 @@ def two_images(store: BlobStore, tmp_path: Path) -> BlobStore:
 
 
 def test_ls_lists_images_in_text_and_json(two_images: BlobStore) -> None:
-    two_images.index.pin(REF_B)
+    pins.pin(two_images, REF_B)
     text = run(two_images, "ls")
     assert text.exit_code == 0
     lines = text.stdout.splitlines()
@@ -83,9 +84,9 @@ def test_du_counts_shared_layers_once(two_images: BlobStore) -> None:
 
 def test_gc_leaves_a_temporary_file_in_use_alone_whatever_its_age(store: BlobStore) -> None:
     staged = store.ingest_dir / "tmp-save-0123"
+    in_use = InUse(store.ingest_folder, staged.name)
     staged.write_bytes(b"a layer on its way")
     os.utime(staged, (1, 1))  # as old as can be: only the mark protects it
-    in_use = InUse(staged)
     assert run_json(store, "gc", "--grace", "0s")["removed_ingest"] == 0 and staged.exists()
     in_use.release()  # published, dropped, or its process died
     assert run_json(store, "gc", "--grace", "0s")["removed_ingest"] == 1 and not staged.exists()

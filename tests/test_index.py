@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from cache import pins
 from cache.digest import sha256_of
-from cache.index import MetadataIndex
+from cache.errors import LayerhoardError
+from cache.index import DBNAME, MetadataIndex
+from cache.rebuild import rebuild_index
 from cache.store import BlobStore
 
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -92,13 +95,36 @@ def test_image_records_round_trip(store: BlobStore) -> None:
 
 
 def test_pins_round_trip(store: BlobStore) -> None:
-    store.index.pin("docker.io/library/a:1")
-    store.index.pin("127.0.0.1:5000/team/app:1")
-    assert store.index.pins() == {"docker.io/library/a:1", "127.0.0.1:5000/team/app:1"}
-    assert store.index.unpin("docker.io/library/a:1") is True
-    assert store.index.unpin("docker.io/library/a:1") is False
-    assert store.index.pins() == {"127.0.0.1:5000/team/app:1"}
+    pins.pin(store, "docker.io/library/a:1")
+    pins.pin(store, "127.0.0.1:5000/team/app:1")
+    assert pins.pins(store) == {"docker.io/library/a:1", "127.0.0.1:5000/team/app:1"}
+    assert pins.unpin(store, "docker.io/library/a:1") is True
+    assert pins.unpin(store, "docker.io/library/a:1") is False
+    assert pins.pins(store) == {"127.0.0.1:5000/team/app:1"}
     assert pickled_rows(store) == 0
+
+
+def test_pins_outlive_an_emptied_index(store: BlobStore) -> None:
+    """A metadata index truncated to nothing is refused (not silently made anew), and the pins,
+    which no rebuild could find in the files, survive the rebuild."""
+    store.put_bytes(b"a blob")
+    pins.pin(store, "docker.io/library/a:1")
+    store.close()
+    (store.root / "meta" / DBNAME).write_bytes(b"")
+    with pytest.raises(LayerhoardError, match=r"damaged.*gc --rebuild-index"):
+        BlobStore(store.root).index  # noqa: B018 - opening is the test
+    reopened = BlobStore(store.root)
+    rebuild_index(reopened)
+    assert pins.pins(reopened) == {"docker.io/library/a:1"}
+    reopened.close()
+
+
+def test_pins_of_an_older_cache_move_to_pins_json(store: BlobStore) -> None:
+    store.index._set("pin/docker.io/library/old:1", 1.0)  # how caches before pins.json kept them
+    assert pins.pins(store) == {"docker.io/library/old:1"}
+    pins.pin(store, "docker.io/library/new:1")
+    assert pins.pins(store) == {"docker.io/library/old:1", "docker.io/library/new:1"}
+    assert store.index.legacy_pins() == {}
 
 
 def _count(root: str, times: int) -> None:
@@ -123,8 +149,8 @@ def test_counters_add_up_across_processes(store: BlobStore) -> None:
 
 def test_index_reopens_with_its_data(tmp_path: Path) -> None:
     index = MetadataIndex(tmp_path / "meta", tmp_path / "meta.lock")
-    index.pin("docker.io/library/a:1")
+    index.count("pulls", 3)
     index.close()
     reopened = MetadataIndex(tmp_path / "meta", tmp_path / "meta.lock")
-    assert reopened.pins() == {"docker.io/library/a:1"}
+    assert reopened.counters() == {"pulls": 3}
     reopened.close()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cache import pins
 from cache.digest import parse_digest
 from cache.errors import ImageNotFound
 from cache.lifecycle import gc
@@ -88,7 +89,7 @@ def test_pins_recent_and_kept_images_survive_prune_all(store: BlobStore, images:
     pull_all(store, images, "abc")
     now = age(store, images, 10)
     set_last_used(store, images["c"].ref, now - 60)  # used a minute ago
-    store.index.pin(images["a"].ref)
+    pins.pin(store, images["a"].ref)
     done = prune(store, PrunePolicy(evict_all=True, keep_duration=3600))
     assert done is not None
     assert [image["ref"] for image in done.images] == [images["b"].ref]
@@ -96,7 +97,7 @@ def test_pins_recent_and_kept_images_survive_prune_all(store: BlobStore, images:
     assert refs(store) == {images["a"].ref, images["c"].ref}
     assert stored(store) == image_blobs(images["a"].image) | image_blobs(images["c"].image)
     # --keep protects what it names; unpinned a goes, c (kept) stays
-    store.index.unpin(images["a"].ref)
+    pins.unpin(store, images["a"].ref)
     done = prune(store, PrunePolicy(evict_all=True, keep=frozenset({images["c"].ref})))
     assert done is not None and [image["ref"] for image in done.images] == [images["a"].ref]
     assert stored(store) == image_blobs(images["c"].image)
@@ -146,7 +147,7 @@ def test_blob_reused_after_its_image_was_used_is_kept(store: BlobStore, images: 
 
 def test_gc_keeps_pinned_images_even_when_index_json_lost_them(store: BlobStore, images: dict[str, Pushed]) -> None:
     pull_all(store, images, "ac")
-    store.index.pin(images["a"].ref)
+    pins.pin(store, images["a"].ref)
     store.remove_image(images["a"].ref)
     store.remove_image(images["c"].ref)
     result = gc(store, grace=0)

@@ -13,6 +13,7 @@ the upstream fails. A tag is recorded in index.json once every blob of its image
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -193,9 +194,9 @@ class Upstreams:
                 # behind on its own thread, so its file is no guide to which bytes are readable.
                 # gc leaves the spool alone while it fills; it is removed after (readers keep their
                 # open descriptors).
-                with InUse(self.store.ingest_dir / f"spool-{uuid.uuid4().hex}") as in_use:
+                with InUse(self.store.ingest_folder, f"spool-{uuid.uuid4().hex}") as in_use:
                     spool = in_use.path
-                    with open(spool, "wb", buffering=0) as out, \
+                    with os.fdopen(in_use.writable(), "wb", buffering=0) as out, \
                             self._client(repo.registry).open_blob(repo.path, flight.digest) as response:
                         length = response.headers.get("Content-Length", "")
                         flight._set(path=spool, size=int(length) if length.isdigit() else None, state="fetching")

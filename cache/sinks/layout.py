@@ -15,13 +15,15 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cache.digest import Digest
 from cache.errors import LayerhoardError
-from cache.fsutil import fsync_dir, replacing, write_atomic
+from cache.folder import Folder
+from cache.fsutil import replacing, write_atomic
 from cache.model import OCI_INDEX, Descriptor
 from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore, ref_name_of
 
@@ -48,42 +50,43 @@ def write_layout(
     if not layout_file.exists():
         write_atomic(layout_file, json.dumps(LAYOUT_VERSION).encode())
     result = LayoutResult()
-    for digest in dict.fromkeys(blobs):  # config and layers may repeat: place each once
-        _place_blob(store, digest, blob_dir / digest.hex, result)
-    fsync_dir(blob_dir)
+    folder = Folder.at(blob_dir, make=False)
+    try:
+        for digest in dict.fromkeys(blobs):  # config and layers may repeat: place each once
+            _place_blob(store, digest, folder, result)
+        folder.fsync()
+    finally:
+        folder.close()
     with _directory_lock(directory):
         result.index_changed = _name_in_index(directory / "index.json", manifest, ref_name)
     return result
 
 
-def _place_blob(store: BlobStore, digest: Digest, target: Path, result: LayoutResult) -> None:
-    source = store.path(digest)
-    size = store.size(digest)
-    try:
-        if target.stat().st_size == size:
-            result.present += 1
+def _place_blob(store: BlobStore, digest: Digest, folder: Folder, result: LayoutResult) -> None:
+    """Hard-link the blob (the file we opened, never a name: a link planted in the cache is not
+    followed) into the layout, or copy it where a link cannot be made."""
+    with store.open(digest) as source:
+        size = os.fstat(source.fileno()).st_size
+        existing = folder.lstat(digest.hex)
+        if existing is not None:
+            if stat.S_ISREG(existing.st_mode) and existing.st_size == size:
+                result.present += 1
+                return
+            folder.remove(digest.hex)  # a wrong size is an earlier copy's damage: replace it
+        try:
+            folder.link(source.fileno(), digest.hex)  # atomic: the name appears complete or not at all
+            result.linked += 1
             return
-        target.unlink()  # a wrong size is an earlier copy's damage: replace it
-    except FileNotFoundError:
-        pass
-    try:
-        os.link(source, target)  # atomic: the name appears with complete content or not at all
-        result.linked += 1
-        return
-    except FileExistsError:
-        result.present += 1  # a concurrent export placed it
-        return
-    except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-    _copy_atomic(source, target)
+        except FileExistsError:
+            result.present += 1  # a concurrent export placed it
+            return
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+        with replacing(folder.path / digest.hex, 0o444) as copy:
+            shutil.copyfileobj(source, copy, 4 << 20)
     result.copied += 1
     result.copied_bytes += size
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    with open(source, "rb") as src, replacing(target, 0o444) as dst:
-        shutil.copyfileobj(src, dst, 4 << 20)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ import mmap
 import os
 import queue
 import threading
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
 FLUSH_EVERY = 64 << 20
@@ -76,8 +75,8 @@ class _Flusher:
 class BufferedFile:
     """Ordinary buffered writes, flushed to disk in the background as they go."""
 
-    def __init__(self, path: Path) -> None:
-        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in finish() or close()
+    def __init__(self, fd: int) -> None:
+        self._file: BinaryIO = os.fdopen(fd, "wb")
         self._flusher: _Flusher | None = None
         self._unflushed = 0
 
@@ -116,8 +115,9 @@ class DirectFile:
     page cache but not the device's own cache, whose flush would otherwise all wait for the end.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._set_direct(True)  # OSError (EINVAL) where the file system refuses O_DIRECT
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         self._blocks = 1
         self._block = memoryview(mmap.mmap(-1, DIRECT_BLOCK))  # anonymous maps are page-aligned
@@ -227,12 +227,14 @@ class DirectFile:
             os.close(self._fd)
 
 
-def open_blob_file(path: Path) -> BlobFile:
-    """O_DIRECT where the file system allows it, else buffered writes."""
+def open_blob_file(fd: int) -> BlobFile:
+    """Write the new, empty file open as ``fd`` (which the result closes): O_DIRECT where the file
+    system allows it, else buffered writes."""
     if hasattr(os, "O_DIRECT"):
         try:
-            return DirectFile(path)
+            return DirectFile(fd)
         except OSError as error:
             if error.errno not in _NO_DIRECT:
+                os.close(fd)
                 raise
-    return BufferedFile(path)
+    return BufferedFile(fd)

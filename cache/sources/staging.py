@@ -18,6 +18,7 @@ from typing import Any
 import zstandard
 
 from cache.digest import Digest, Hasher
+from cache.folder import Folder
 from cache.fsutil import InUse
 from cache.sources.blobfile import open_blob_file
 from cache.store import BlobStore
@@ -39,12 +40,12 @@ class StagedWriter:
     """One blob being written into ingest/: feed bytes, then :meth:`finish` for its digest.
     The file is made and marked in use at once (gc leaves it alone); :meth:`close` removes it."""
 
-    def __init__(self, ingest_dir: Path, media_type: str) -> None:
-        self._in_use = InUse(ingest_dir / f"tmp-save-{uuid.uuid4().hex}")
-        self.path = self._in_use.path
+    def __init__(self, ingest: Folder, media_type: str) -> None:
+        self.in_use = InUse(ingest, f"tmp-save-{uuid.uuid4().hex}")
+        self.path = self.in_use.path
         self.media_type = media_type
         self._hasher = Hasher()
-        self._file = open_blob_file(self.path)
+        self._file = open_blob_file(self.in_use.writable())
 
     def write(self, data: bytes | memoryview) -> int:
         """Hash and write ``data``; returns its length (zstd's stream writer wants a count)."""
@@ -60,7 +61,7 @@ class StagedWriter:
     def close(self) -> None:
         """Close and remove the file (a published blob lives on under its own name in blobs/)."""
         self._file.close()
-        self._in_use.close()
+        self.in_use.close()
 
 
 BUFFER_BYTES = 1 << 20  # one read: large enough that hashing and zstd release the GIL for long
@@ -188,18 +189,17 @@ class Staging:
         self._writers: dict[Path, StagedWriter] = {}  # by file, until published or dropped
 
     def writer(self, media_type: str) -> StagedWriter:
-        writer = StagedWriter(self.store.ingest_dir, media_type)
+        writer = StagedWriter(self.store.ingest_folder, media_type)
         self._writers[writer.path] = writer
         return writer
 
     def publish(self, blob: StagedBlob, source: str) -> bool:
         """Make a staged blob visible under its digest. True when written now, False when already there."""
+        writer = self._writers.pop(blob.path)
         try:  # the bytes were hashed as they were written
-            return self.store.adopt(blob.path, blob.digest, blob.size, blob.blake3, blob.media_type, source)
+            return self.store.adopt(writer.in_use, blob.digest, blob.size, blob.blake3, blob.media_type, source)
         finally:
-            writer = self._writers.pop(blob.path, None)
-            if writer is not None:
-                writer.close()
+            writer.close()
 
     def discard(self) -> None:
         """Drop every file this stream staged (after an error, or once published)."""

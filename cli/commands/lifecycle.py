@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import click
 
+from cache import pins
 from cache.policy import KEYS, ConfigError, load_config, policy_limits, set_value, unset_value
 from cache.prune import PrunePlan, PrunePolicy, prune, resolve_ref
 from cache.stats import KINDS, stats
@@ -107,7 +108,7 @@ def _int(value: float | None) -> int | None:
 def pin_command(ctx: Context, ref: str) -> None:
     """Keep REF and its blobs through every prune and gc (REF as `ls` lists it, or as pulled)."""
     name = resolve_ref(ctx.store, ref)
-    ctx.store.index.pin(name)
+    pins.pin(ctx.store, name)
     ctx.result({"ref": name, "pinned": True}, f"pinned {name}")
 
 
@@ -116,9 +117,8 @@ def pin_command(ctx: Context, ref: str) -> None:
 @pass_context
 def unpin_command(ctx: Context, ref: str) -> None:
     """Let prune evict REF again."""
-    pins = ctx.store.index.pins()
-    name = ref if ref in pins else resolve_ref(ctx.store, ref)
-    if not ctx.store.index.unpin(name):
+    name = ref if ref in pins.pins(ctx.store) else resolve_ref(ctx.store, ref)
+    if not pins.unpin(ctx.store, name):
         raise click.ClickException(f"{name} is not pinned")
     ctx.result({"ref": name, "pinned": False}, f"unpinned {name}")
 

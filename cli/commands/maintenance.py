@@ -11,6 +11,7 @@ from cache.errors import InvalidDigest
 from cache.images import blobs_of
 from cache.lifecycle import gc as run_gc
 from cache.lifecycle import usage
+from cache.pins import pins as pinned_refs
 from cache.prune import blob_sizes
 from cache.rebuild import rebuild_index as rebuild_store_index
 from cache.store import BlobStore, ref_name_of
@@ -29,7 +30,7 @@ def _when(timestamp: float | None) -> str:
 def ls_command(ctx: Context) -> None:
     """List cached images: digest, size (all its blobs, shared ones included), source, last use, pin."""
     store = ctx.store
-    pins = store.index.pins()
+    pins = pinned_refs(store)
     sizes = blob_sizes(store)
     rows = []
     for entry in store.images():
