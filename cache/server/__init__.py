@@ -20,7 +20,7 @@ from cache.errors import LayerhoardError
 from cache.refs import DEFAULT_REGISTRY
 from cache.server.handler import RegistryHandler
 from cache.server.names import normalise_registry
-from cache.server.uploads import Uploads
+from cache.server.uploads import DEFAULT_EXPIRY, DEFAULT_LIMIT, Uploads
 from cache.server.upstream import Upstreams
 from cache.store import BlobStore
 
@@ -33,7 +33,11 @@ class ServeOptions:
     default_registry: str = DEFAULT_REGISTRY
     upstreams: dict[str, str] = field(default_factory=dict)  # registry -> base URL
     allow_push: bool = False
-    log: Callable[[str], None] | None = None
+    log: Callable[[str], None] | None = None  # request lines and details (-v)
+    warn: Callable[[str], None] | None = None  # what an operator must see (a full disk, a bug); falls back to log
+    read_timeout: float = 60.0  # seconds a client may stay silent mid-request before it is dropped
+    upload_expiry: float = DEFAULT_EXPIRY  # seconds an upload session may stay idle
+    max_uploads: int = DEFAULT_LIMIT  # upload sessions open at once; more get 429
 
 
 class RegistryServer(ThreadingHTTPServer):
@@ -44,11 +48,13 @@ class RegistryServer(ThreadingHTTPServer):
         self.store = store
         self.default_registry = normalise_registry(options.default_registry)
         self.allow_push = options.allow_push
-        self.uploads = Uploads(store)
+        self.read_timeout = options.read_timeout
         self.upstreams = Upstreams(store, options.upstreams, self._log_fetch) if options.upstreams else None
         self._log = options.log
+        self._warn = options.warn or options.log
         self.upstream_fetches: list[str] = []  # what went upstream, for tests and stats
         super().__init__(address, RegistryHandler)
+        self.uploads = Uploads(store, options.upload_expiry, options.max_uploads)  # bound: start its sweeper
 
     @property
     def url(self) -> str:
@@ -65,6 +71,10 @@ class RegistryServer(ThreadingHTTPServer):
         if self._log is not None:
             self._log(message)
 
+    def warn(self, message: str) -> None:
+        if self._warn is not None:
+            self._warn(message)
+
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that hangs up or stalls mid-request is routine for a registry: one log line, not
         a traceback on stderr. Anything else is a bug worth the traceback."""
@@ -80,6 +90,7 @@ class RegistryServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self.uploads.close()  # our upload files go with us (a killed server's are gc's, unmarked)
         if self.upstreams is not None:
             self.upstreams.close()
 

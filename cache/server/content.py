@@ -18,7 +18,7 @@ from cache.server.errors import RegistryError
 from cache.server.names import Repository
 from cache.store import BlobStore, ref_name_of
 
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # the spec's grammar: ASCII only
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def page(items: list[str], n: str | None, last: str | None) -> tuple[list[str], 
         items = [item for item in items if item > last]
     if n is None:
         return items, False
-    if not n.isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}", n):  # not isdigit(): "²" is a digit to it, and int() refuses it
         raise RegistryError("UNSUPPORTED", "n must be a non-negative integer", status=400)
     count = int(n)
     return items[:count], len(items) > count
@@ -128,22 +128,28 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) of a single ``bytes=`` range (RFC 9110), None for the whole blob.
 
     A form we do not handle (several ranges, another unit) is ignored, as the RFC allows; a
-    range that starts beyond the end is RANGE_INVALID (416).
+    range that starts beyond the end is RANGE_INVALID (416). Positions of any length are taken:
+    one beyond what any blob holds counts as "past the end", without converting thousands of digits.
     """
     if not header:
         return None
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    match = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
     if match is None or not (match.group(1) or match.group(2)):
         return None
     first_text, last_text = match.groups()
     if not first_text:  # suffix: the last N bytes
-        length = int(last_text)
+        length = _position(last_text)
         if length == 0:
             raise RegistryError("RANGE_INVALID", "empty suffix range", {"size": size})
         return max(0, size - length), size - 1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if first >= size or last < first:
-        raise RegistryError("RANGE_INVALID", f"range {header.strip()} is not within the blob's {size} bytes",
+        raise RegistryError("RANGE_INVALID", f"range {header.strip()[:80]} is not within the blob's {size} bytes",
                             {"size": size})
     return first, min(last, size - 1)
+
+
+def _position(digits: str) -> int:
+    """A byte position; more than 18 digits is beyond any blob (and int() of 5000 digits raises)."""
+    return int(digits) if len(digits) <= 18 else 1 << 62

@@ -20,6 +20,7 @@ STATUS = {
     "UNSUPPORTED": 405,
     "RANGE_INVALID": 416,
     "DENIED": 403,
+    "TOOMANYREQUESTS": 429,  # the cap on open upload sessions
     "UNAVAILABLE": 502,  # an upstream failed; clients with several mirrors move on to the next
     "UNKNOWN": 500,
 }
@@ -40,3 +41,11 @@ class RegistryError(Exception):
         if self.detail is not None:
             error["detail"] = self.detail
         return json.dumps({"errors": [error]}).encode()
+
+
+DISK_FULL_STATUS = 507  # Insufficient Storage (RFC 4918): the client's request was fine, our disk is not
+
+
+def disk_full_error() -> RegistryError:
+    return RegistryError("UNKNOWN", "the cache's disk is full; nothing was stored: retry once space is freed",
+                         status=DISK_FULL_STATUS)

@@ -2,7 +2,11 @@
 
 Handlers stay small: each route turns a request into store calls (content.py, uploads.py,
 upstream.py) and a response. Every failure is a :class:`RegistryError` answered as the spec's JSON;
-anything unexpected is logged and answered as UNKNOWN (500) without a traceback.
+anything unexpected is logged and answered as UNKNOWN (500) without a traceback; a full disk is 507.
+
+Nothing from the client is trusted: the body's framing is checked before anything else (bad
+framing closes the connection), every header written goes through :func:`check_header` (no
+CR/LF, nothing but visible ASCII and spaces), and client text in a log line is escaped.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 from cache.digest import Digest
-from cache.errors import BlobNotFound, DigestMismatch, SizeMismatch
+from cache.errors import BlobNotFound
 from cache.model import MAX_MANIFEST_BYTES
 from cache.server import content
-from cache.server.errors import RegistryError
-from cache.server.names import Repository, resolve
+from cache.server.errors import RegistryError, disk_full_error
+from cache.server.names import Repository, normalise_registry, resolve
 from cache.server.uploads import put_manifest
+from cache.store import DiskFull, disk_full
 
 if TYPE_CHECKING:
     from cache.server import RegistryServer
@@ -29,6 +34,26 @@ if TYPE_CHECKING:
 READ_CHUNK = 1 << 20
 SENDFILE_MAX = 1 << 30
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+_LENGTH = re.compile(r"[0-9]{1,18}")  # more digits than any disk holds is an attack, not a blob
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_CONTENT_RANGE = re.compile(r"\s*([0-9]{1,18})-([0-9]{1,18})\s*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # visible ASCII and spaces: no CR, LF or other controls
+
+
+class UnsafeHeader(Exception):
+    """A response header that could split the response or confuse a client; never sent."""
+
+
+def check_header(name: str, value: str) -> None:
+    """The one guard every response header passes (RegistryHandler.send_header calls it)."""
+    if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+        raise UnsafeHeader(f"refused to send header {name[:40]!r}: {value[:80]!r}")
+
+
+def escaped(text: str) -> str:
+    """Client text made safe for a log line: control and non-ASCII characters as escapes."""
+    return text.encode("unicode_escape").decode("ascii")
 
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/v2/?"), "base"),
@@ -71,42 +96,65 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.read_timeout)  # a client idle this long is dropped
+
     def _dispatch(self, method: str) -> None:
         self._body_read = False
         self._extra: dict[str, str] = {}
-        url = urlsplit(self.path)
-        self.query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         try:
-            route, params = _match(url.path)
-            if method not in _METHODS[route]:
-                raise RegistryError("UNSUPPORTED", f"{method} is not allowed here",
-                                    {"allowed": list(_METHODS[route])})
-            if (route, method) in _PUSH and not self.server.allow_push:
-                raise RegistryError("UNSUPPORTED", "this server is read-only; start it with --allow-push")
-            ns = self.query.get("ns")
-            if ns:
-                self._extra["OCI-Namespace"] = ns
-            repo = resolve(params["name"], ns, self.server.default_registry) if "name" in params else None
-            handler: Callable[..., None] = getattr(self, f"_{route}_{method.lower()}", None) \
-                or getattr(self, f"_{route}")
-            handler(method, repo, params)
+            self._framing: int | None = self._read_framing()  # Content-Length, or None for chunked
+        except RegistryError as error:
+            self.close_connection = True  # where this body ends is unknown: nothing more on this connection
+            self._error(error)
+            return
+        try:
+            self._route(method)
         except RegistryError as error:
             self._error(error)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as error:  # a bug or an I/O failure: log it, answer without a traceback
-            self.server.log(f"error: {self.command} {self.path}: {type(error).__name__}: {error}")
-            self._error(RegistryError("UNKNOWN", "internal error"))
-        if not self._body_read and self._has_body():
-            self.close_connection = True  # the unread body would be taken for the next request
+            self._failed(error)
+        if not self._body_read and self._framing != 0:
+            self.close_connection = True  # the unread (or unframed) body would be taken for the next request
+
+    def _route(self, method: str) -> None:
+        try:
+            url = urlsplit(self.path)
+        except ValueError:  # "//[x" and the like
+            raise RegistryError("NAME_INVALID", "malformed request target") from None
+        self.query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        route, params = _match(url.path)
+        if method not in _METHODS[route]:
+            raise RegistryError("UNSUPPORTED", f"{method} is not allowed here", {"allowed": list(_METHODS[route])})
+        if (route, method) in _PUSH and not self.server.allow_push:
+            raise RegistryError("UNSUPPORTED", "this server is read-only; start it with --allow-push")
+        ns = self.query.get("ns")
+        self.registry = normalise_registry(ns) if ns else self.server.default_registry
+        if ns:
+            self._extra["OCI-Namespace"] = ns  # checked by normalise_registry just above
+        repo = resolve(params["name"], self.registry) if "name" in params else None
+        handler: Callable[..., None] = getattr(self, f"_{route}_{method.lower()}", None) or getattr(self, f"_{route}")
+        handler(method, repo, params)
+
+    def _failed(self, error: Exception) -> None:
+        """One log line (always shown) and a 500, or a 507 when the cache's disk is full."""
+        where = f"{self.command} {escaped(self.path[:300])}"
+        if isinstance(error, DiskFull) or disk_full(error):
+            self.server.warn(f"error: {where}: the cache's disk is full ({self.server.store.root}); answered 507")
+            self._error(disk_full_error())
+            return
+        self.server.warn(f"error: {where}: {type(error).__name__}: {escaped(str(error))}")
+        self._error(RegistryError("UNKNOWN", "internal error"))
 
     # -- read side -----------------------------------------------------------------------------
     def _base(self, method: str, repo: None, params: dict[str, str]) -> None:
         self._send(200, b"{}", {"Content-Type": "application/json"}, method == "HEAD")
 
     def _catalog(self, method: str, repo: None, params: dict[str, str]) -> None:
-        registry = self._extra.get("OCI-Namespace")
-        names = content.catalog(self.server.store, resolve("x", registry, self.server.default_registry).registry)
+        names = content.catalog(self.server.store, self.registry)
         shown, more = content.page(names, self.query.get("n"), self.query.get("last"))
         self._json({"repositories": shown}, self._next_link("/v2/_catalog", shown, more))
 
@@ -140,7 +188,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
             try:
                 return upstreams.manifest(repo, tag)
             except RegistryError as error:
-                self.server.log(f"upstream: {error.message}; answering from the cache")
+                self.server.log(f"upstream: {escaped(error.message)}; answering from the cache")
         digest = content.tagged_digest(store, repo, tag)
         if digest is not None:
             return digest
@@ -214,10 +262,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
                 return
         if "digest" in self.query:  # monolithic: the whole blob in this request
             digest = content.checked_digest(self.query["digest"])
-            try:
-                store.ingest(digest, self._body(), self._length(), source=f"push:{repo.full}")
-            except (DigestMismatch, SizeMismatch) as error:
-                raise RegistryError("DIGEST_INVALID", str(error)) from None
+            self.server.uploads.spool(repo, digest, self._body(), self._framing)
             self._created(f"/v2/{params['name']}/blobs/{digest}", digest)
             return
         self._drain()
@@ -226,7 +271,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def _upload_patch(self, method: str, repo: Repository, params: dict[str, str]) -> None:
         upload = self.server.uploads.get(repo, params["upload"])
-        match = re.fullmatch(r"(\d+)-(\d+)", self.headers.get("Content-Range", "").strip())
+        match = _CONTENT_RANGE.fullmatch(self.headers.get("Content-Range", ""))
         size = self.server.uploads.append(upload, self._body(), int(match.group(1)) if match else None)
         self._upload_status(202, params["name"], upload.id, size)
 
@@ -258,21 +303,25 @@ class RegistryHandler(BaseHTTPRequestHandler):
         self._send(201, b"", {"Location": location, "Docker-Content-Digest": str(digest)})
 
     # -- request bodies ------------------------------------------------------------------------
-    def _has_body(self) -> bool:
-        return "chunked" in self.headers.get("Transfer-Encoding", "").lower() or (self._length() or 0) > 0
-
-    def _length(self) -> int | None:
-        text = self.headers.get("Content-Length")
-        if text is None:
+    def _read_framing(self) -> int | None:
+        """The body's length (0 when none), or None when chunked. Anything ambiguous is refused,
+        and the connection closed: where this request's body ends is unknown (request smuggling)."""
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = [text.strip() for text in self.headers.get_all("Content-Length") or []]
+        if codings:
+            if lengths or [coding.strip().lower() for coding in codings] != ["chunked"]:
+                raise RegistryError("BLOB_UPLOAD_INVALID", "only Transfer-Encoding: chunked, without Content-Length, "
+                                    "is supported")
             return None
-        if not text.strip().isdigit():
-            raise RegistryError("SIZE_INVALID", "invalid Content-Length")
-        return int(text)
+        if not lengths:
+            return 0
+        if len(set(lengths)) > 1 or not _LENGTH.fullmatch(lengths[0]):
+            raise RegistryError("SIZE_INVALID", "invalid Content-Length: one decimal byte count expected")
+        return int(lengths[0])
 
     def _body(self, limit: int | None = None) -> Iterator[bytes]:
         """The request body in pieces (Content-Length or chunked); more than ``limit`` is refused."""
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        pieces = self._chunked() if chunked else self._sized(self._length() or 0)
+        pieces = self._chunked() if self._framing is None else self._sized(self._framing)
         taken = 0
         for piece in pieces:
             taken += len(piece)
@@ -292,10 +341,10 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def _chunked(self) -> Iterator[bytes]:
         while True:
             line = self.rfile.readline(1026)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise RegistryError("BLOB_UPLOAD_INVALID", "malformed chunked body") from None
+            size_text = line.split(b";")[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise RegistryError("BLOB_UPLOAD_INVALID", "malformed chunked body")
+            size = int(size_text, 16)
             if size == 0:
                 while self.rfile.readline(1026).strip():
                     pass  # trailers
@@ -309,10 +358,18 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     # -- responses -----------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str]) -> None:
+        every = {**API_VERSION, **self._extra, **headers}
+        for key, value in every.items():
+            check_header(key, value)  # all of them before the first byte: no half-written response
         self.send_response(status)
-        for key, value in {**API_VERSION, **self._extra, **headers}.items():
+        for key, value in every.items():
             self.send_header(key, value)
         self.end_headers()
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """Every header, ours and http.server's own, passes the one guard."""
+        check_header(keyword, str(value))
+        super().send_header(keyword, value)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], head_only: bool = False) -> None:
         self._head(status, {**headers, "Content-Length": str(len(body))})
@@ -326,7 +383,11 @@ class RegistryHandler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/json"}
         if error.code == "RANGE_INVALID" and isinstance(error.detail, dict) and "size" in error.detail:
             headers["Content-Range"] = f"bytes */{error.detail['size']}"
-        self._send(error.status, error.body(), headers, self.command == "HEAD")
+        try:
+            self._send(error.status, error.body(), headers, self.command == "HEAD")
+        except UnsafeHeader:  # only _extra can hold a value from the request: answer without it
+            self._extra = {}
+            self._send(error.status, error.body(), headers, self.command == "HEAD")
 
     def _next_link(self, path: str, shown: list[str], more: bool) -> dict[str, str]:
         if not more or not shown:
@@ -343,7 +404,8 @@ class RegistryHandler(BaseHTTPRequestHandler):
             count -= sent
 
     def log_message(self, format: str, *args: object) -> None:
-        self.server.log(f"{self.address_string()} {format % args}")
+        """http.server's lines (the request line, its own errors) hold client text: escaped."""
+        self.server.log(f"{self.address_string()} {escaped(format % args)}")
 
 
 def _match(path: str) -> tuple[str, dict[str, str]]:

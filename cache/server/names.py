@@ -32,7 +32,10 @@ class Repository:
 
 
 def normalise_registry(name: str) -> str:
-    """The registry as index.json names it (``docker.io`` for Docker Hub's aliases)."""
+    """The registry as index.json names it (``docker.io`` for Docker Hub's aliases); anything but an
+    ASCII host name (with an optional port) is NAME_INVALID, so a value checked here is safe to echo."""
+    if not (name.isascii() and name.isprintable()) or len(name) > MAX_NAME:
+        raise RegistryError("NAME_INVALID", f"invalid registry {name[:100]!r}")
     try:
         registry = ImageRef.parse(f"{name}/x").registry
     except InvalidReference:
@@ -42,11 +45,11 @@ def normalise_registry(name: str) -> str:
     return registry
 
 
-def resolve(path: str, ns: str | None, default_registry: str) -> Repository:
-    """The stored repository a request names; raises NAME_INVALID for anything off-grammar."""
+def resolve(path: str, registry: str) -> Repository:
+    """The stored repository ``path`` names in ``registry`` (normalised already); raises NAME_INVALID
+    for anything off-grammar."""
     if len(path) > MAX_NAME or not _PATH.fullmatch(path):
         raise RegistryError("NAME_INVALID", "invalid repository name", {"name": path[:MAX_NAME]})
-    registry = normalise_registry(ns) if ns else default_registry
     if registry == DEFAULT_REGISTRY and "/" not in path:
         path = f"library/{path}"
     return Repository(registry, path)

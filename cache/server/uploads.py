@@ -1,89 +1,219 @@
 """The push side (``serve --allow-push``): blob uploads and manifest puts into the store.
 
-An upload is a file under the store's ingest/ (gc removes abandoned ones); nothing reaches blobs/
-until the closing PUT names a digest and the bytes hash to it (BlobStore.ingest verifies). A
-manifest is stored only when every blob it names is, and a tag is recorded through
-cache.images.record_image, so index.json never names an incomplete image.
+Every pushed body is spooled to an ``upload-*`` file under the store's ingest/, marked in use
+(:class:`InUse`: gc leaves it alone while serve runs, and the mark dies with the process), and
+hashed there without any lock held: a client that stalls mid-body delays nobody else. Only the
+checked, complete file is published, under the digest's lock for a moment (BlobStore.adopt).
+Chunked sessions expire after ``expiry`` seconds idle (a sweeper thread removes their files) and at
+most ``limit`` are open at once. A manifest is stored only when every blob it names is, and a tag is
+recorded through cache.images.record_image, so index.json never names an incomplete image.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from cache.digest import Digest, sha256_of
+from cache.digest import Digest, Hasher, check, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, SizeMismatch
+from cache.fsutil import InUse
 from cache.images import record_image
 from cache.model import Index, parse_manifest_or_index
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
-from cache.store import BlobStore
+from cache.store import BlobStore, disk_full
+
+DEFAULT_EXPIRY = 3600.0  # an upload idle this long (seconds) is abandoned
+DEFAULT_LIMIT = 1000  # open upload sessions at once
+_READ = 1 << 20
 
 
 @dataclass
 class Upload:
     id: str
     repo: Repository
-    path: Path
+    mark: InUse  # the session's file, marked in use for as long as the session is open
     size: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    touched: float = field(default_factory=time.monotonic)
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time writes
+
+    @property
+    def path(self) -> Path:
+        return self.mark.path
 
 
 class Uploads:
-    """Upload sessions of one server process."""
+    """Upload sessions of one server process, and the spooling of every pushed blob body."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, expiry: float = DEFAULT_EXPIRY, limit: int = DEFAULT_LIMIT) -> None:
         self.store = store
+        self.expiry = expiry
+        self.limit = limit
         self._sessions: dict[str, Upload] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_until_closed, name="upload-sweeper", daemon=True)
+        self._sweeper.start()
 
+    # -- sessions ------------------------------------------------------------------------------
     def start(self, repo: Repository) -> Upload:
+        self.sweep()
         upload_id = uuid.uuid4().hex
-        upload = Upload(upload_id, repo, self.store.ingest_dir / f"upload-{upload_id}")
-        upload.path.touch()
         with self._lock:
+            if len(self._sessions) >= self.limit:
+                raise RegistryError("TOOMANYREQUESTS", f"{self.limit} uploads are open already; finish or cancel "
+                                    "one, or retry later")
+            upload = Upload(upload_id, repo, InUse(self.store.ingest_folder, f"upload-{upload_id}"))
             self._sessions[upload_id] = upload
         return upload
 
     def get(self, repo: Repository, upload_id: str) -> Upload:
         with self._lock:
             upload = self._sessions.get(upload_id)
+        if upload is not None and self._expired(upload) and self._drop_if_idle(upload):
+            upload = None
         if upload is None or upload.repo != repo:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", "no such upload", {"uuid": upload_id[:64]})
+        upload.touched = time.monotonic()
         return upload
 
     def append(self, upload: Upload, chunks: Iterable[bytes], start: int | None) -> int:
-        """Add a chunk; ``start`` (from Content-Range) must be where the upload stands."""
+        """Add a chunk; ``start`` (from Content-Range) must be where the upload stands. A chunk that
+        fails half way is cut off again, so the session stays where it was."""
         with upload.lock:
+            self._check_open(upload)
             if start is not None and start != upload.size:
                 raise RegistryError("RANGE_INVALID", f"chunk starts at {start}, the upload is at {upload.size}",
                                     {"size": upload.size})
-            with open(upload.path, "ab") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    upload.size += len(chunk)
+            try:
+                with os.fdopen(upload.mark.writable(), "r+b") as out:  # the marked file itself, not its name
+                    out.seek(upload.size)
+                    upload.size += write_chunks(out, chunks)
+            except BaseException:
+                with contextlib.suppress(OSError, ValueError):  # ValueError: cancelled meanwhile
+                    os.ftruncate(upload.mark.fd, upload.size)
+                raise
+            finally:
+                upload.touched = time.monotonic()
             return upload.size
 
     def finish(self, upload: Upload, digest: Digest, chunks: Iterable[bytes]) -> None:
         """Take the last chunk and publish the whole upload under ``digest`` if it hashes to it."""
         try:
             self.append(upload, chunks, None)
-            with open(upload.path, "rb") as data:
-                self.store.ingest(digest, data, upload.size, source=f"push:{upload.repo.full}")
-        except (DigestMismatch, SizeMismatch) as error:
-            raise RegistryError("DIGEST_INVALID", str(error)) from None
+            with upload.lock:
+                self._check_open(upload)
+                hasher = _hashed(upload.mark.fd)
+                os.fsync(upload.mark.fd)
+                publish(self.store, upload.mark, digest, hasher, None, f"push:{upload.repo.full}")
         finally:
             self.cancel(upload)
 
     def cancel(self, upload: Upload) -> None:
         with self._lock:
             self._sessions.pop(upload.id, None)
-        with contextlib.suppress(FileNotFoundError):
-            upload.path.unlink()
+        upload.closed = True
+        upload.mark.close()  # removes the file, then the in-use mark
+
+    # -- monolithic pushes ---------------------------------------------------------------------
+    def spool(self, repo: Repository, digest: Digest, chunks: Iterable[bytes], size: int | None) -> None:
+        """A whole blob in one request: written and hashed under ingest/ first, published after."""
+        with InUse(self.store.ingest_folder, f"upload-{uuid.uuid4().hex}") as mark:
+            hasher = Hasher()
+            with os.fdopen(mark.writable(), "wb") as out:
+                write_chunks(out, chunks, hasher)
+                out.flush()
+                os.fsync(out.fileno())
+            publish(self.store, mark, digest, hasher, size, f"push:{repo.full}")
+
+    # -- expiry --------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Drop the sessions idle longer than ``expiry`` (their files go with them)."""
+        with self._lock:
+            stale = [upload for upload in self._sessions.values() if self._expired(upload)]
+        for upload in stale:
+            self._drop_if_idle(upload)
+
+    def close(self) -> None:
+        """Stop sweeping and drop every idle session (a session in use ends with its request)."""
+        self._stop.set()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for upload in sessions:
+            self._drop_if_idle(upload, expired_only=False)
+
+    def _sweep_until_closed(self) -> None:
+        interval = max(0.1, min(self.expiry / 4, 60.0))
+        while not self._stop.wait(interval):
+            self.sweep()
+
+    def _expired(self, upload: Upload) -> bool:
+        return time.monotonic() - upload.touched > self.expiry
+
+    def _drop_if_idle(self, upload: Upload, expired_only: bool = True) -> bool:
+        """Cancel ``upload`` unless a request is writing it now. True when dropped."""
+        if not upload.lock.acquire(blocking=False):
+            return False
+        try:
+            if expired_only and not self._expired(upload):
+                return False
+            self.cancel(upload)
+            return True
+        finally:
+            upload.lock.release()
+
+    def _check_open(self, upload: Upload) -> None:
+        if upload.closed:  # expired or cancelled while this request waited for it
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "no such upload", {"uuid": upload.id})
+
+
+def write_chunks(out: BinaryIO, chunks: Iterable[bytes], hasher: Hasher | None = None) -> int:
+    """Write every chunk (hashing it too); returns the byte count. On a full disk the rest of the
+    body is still read, so the client hears the error instead of a reset, then the error is raised."""
+    written = 0
+    full: OSError | None = None
+    for chunk in chunks:
+        if full is not None:
+            continue
+        try:
+            out.write(chunk)
+        except OSError as error:
+            if not disk_full(error):
+                raise
+            full = error
+            continue
+        if hasher is not None:
+            hasher.update(chunk)
+        written += len(chunk)
+    if full is not None:
+        raise full
+    return written
+
+
+def _hashed(fd: int) -> Hasher:
+    hasher, offset = Hasher(), 0
+    while chunk := os.pread(fd, _READ, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher
+
+
+def publish(store: BlobStore, mark: InUse, digest: Digest, hasher: Hasher, size: int | None, source: str) -> None:
+    """Publish the complete, fsynced file of ``mark`` (hashed by ``hasher``) under ``digest`` if it
+    is that blob; the digest's lock is held only for the link itself."""
+    try:
+        check(digest, hasher.digest, size, hasher.size, f"pushed blob {digest}")
+    except (DigestMismatch, SizeMismatch) as error:
+        raise RegistryError("DIGEST_INVALID", str(error)) from None
+    store.adopt(mark, digest, hasher.size, hasher.blake3, None, source)
 
 
 def put_manifest(store: BlobStore, repo: Repository, reference: Digest | str, raw: bytes, content_type: str) -> Digest:

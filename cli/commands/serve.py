@@ -7,6 +7,7 @@ import click
 from cache.refs import DEFAULT_REGISTRY
 from cache.server import DEFAULT_LISTEN, ServeOptions, make_server, stderr_log
 from cache.server.upstream import parse_upstreams
+from cache.units import parse_duration
 from cli.output import Context, pass_context
 
 
@@ -18,12 +19,18 @@ from cli.output import Context, pass_context
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
               help="Fetch misses of registry NAME from URL (pull-through); repeatable.")
 @click.option("--allow-push", is_flag=True, help="Accept pushes (blob uploads, manifests) into the cache.")
+@click.option("--upload-expiry", default="1h", show_default=True, metavar="DUR",
+              help="Drop a chunked upload left idle this long (its file goes with it).")
 @pass_context
 def serve_command(ctx: Context, listen: str, default_registry: str, upstreams: tuple[str, ...],
-                  allow_push: bool) -> None:
+                  allow_push: bool, upload_expiry: str) -> None:
     """Serve the cache over the OCI Distribution API until interrupted."""
+    try:
+        expiry = parse_duration(upload_expiry)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--upload-expiry") from None
     options = ServeOptions(listen, default_registry, parse_upstreams(list(upstreams)), allow_push,
-                           log=stderr_log if ctx.verbose else None)
+                           log=stderr_log if ctx.verbose else None, warn=stderr_log, upload_expiry=expiry)
     server = make_server(ctx.store, options)
     ctx.log(f"serving {ctx.cache_dir} on {server.url} (default registry {server.default_registry}"
             f"{', pushes allowed' if allow_push else ''}"
