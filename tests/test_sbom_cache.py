@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from cache.images import load_image
 from cache.sbom import image_sbom
+from cache.sbom.catalogers import SCANNER_VERSION
 from cache.sbom.records import SbomRecords
 from cache.store import BlobStore
 from cli.main import main
@@ -80,7 +81,7 @@ def test_records_are_keyed_by_diff_id_and_scanner_version(store: BlobStore, tmp_
     diff_id = str(image.config.diff_ids[0])
     assert SbomRecords(store.index).get(diff_id) is not None
     keys = [k for k in store.index._cache.iterkeys() if isinstance(k, str) and k.startswith("sbom/")]
-    assert keys == [f"sbom/1/{diff_id}"]  # one record per layer, none for the whole image
+    assert keys == [f"sbom/{SCANNER_VERSION}/{diff_id}"]  # one record per layer, none for the whole image
 
 
 def test_sbom_command_pulls_through_the_cache_and_reports_scans(tmp_path: Path) -> None:

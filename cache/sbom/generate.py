@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cache.errors import InvalidManifest
+from cache.errors import BlobNotFound, InvalidManifest, evicted_while_read
 from cache.images import CachedImage
 from cache.model import compression_of
 from cache.sbom.catalogers import SCANNER_VERSION
@@ -15,6 +15,7 @@ from cache.sbom.model import Distro, LayerRecord, Package
 from cache.sbom.packages import build_packages
 from cache.sbom.records import SbomRecords
 from cache.sbom.scan import scan_layer
+from cache.sbom.warnings import image_warnings
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ImageSbom:
     layers: list[LayerScan] = field(default_factory=list)
     seconds: float = 0.0
     scanner_version: str = SCANNER_VERSION
+    warnings: list[str] = field(default_factory=list)  # what the scan dropped (cache/sbom/warnings.py)
 
     @property
     def layers_scanned(self) -> int:
@@ -53,7 +55,11 @@ def layer_record(image: CachedImage, index: int, records: SbomRecords) -> tuple[
     if cached is not None:
         return cached, False
     descriptor = image.layers[index]
-    with image.open_layer(descriptor) as raw:
+    try:
+        raw = image.open_layer(descriptor)
+    except BlobNotFound as error:  # a prune evicted the image since it was loaded
+        raise evicted_while_read(image.ref, error) from None
+    with raw:
         record = scan_layer(raw, compression_of(descriptor.media_type), diff_id)
     records.put(record)
     return record, True
@@ -74,7 +80,8 @@ def image_sbom(image: CachedImage) -> ImageSbom:
         scans.append(LayerScan(record.diff_id, str(descriptor.digest), scanned,
                                time.monotonic() - layer_started, record.uncompressed_bytes))
     diff_ids = [str(d) for d in image.config.diff_ids]
-    distro, packages = build_packages(merge(layer_records), diff_ids)
+    view = merge(layer_records)
+    distro, packages = build_packages(view, diff_ids)
     platform = image.config.platform
     return ImageSbom(image.ref, str(image.digest), str(platform) if platform else None, distro, packages,
-                     scans, time.monotonic() - started)
+                     scans, time.monotonic() - started, warnings=image_warnings(view, layer_records))

@@ -18,6 +18,7 @@ from cache.sbom.catalogers.base import Cataloger
 from cache.sbom.layerstream import LayerStream
 from cache.sbom.model import Evidence, LayerRecord
 from cache.sbom.tarpaths import OPAQUE, WHITEOUT, normalise
+from cache.sbom.text import printable, printable_json
 
 # tarfile's stream reader skips unread data in bufsize steps (small steps cost Python calls) but
 # also copies its whole buffer on every header read (large buffers cost memcpy per member)
@@ -58,7 +59,7 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, record: LayerRecord, ca
     path = normalise(member.name)
     if path is None:
         if member.name.strip("./"):
-            record.skipped[member.name[:200]] = "path climbs out of the layer"
+            record.skipped[printable(member.name[:200])] = "path climbs out of the layer"
         return
     folder, base = posixpath.split(path)
     if base.startswith(WHITEOUT):
@@ -78,7 +79,7 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, record: LayerRecord, ca
     record.dirs.discard(path)
     record.files.add(path)
     if member.issym():
-        record.symlinks[path] = member.linkname
+        record.symlinks[path] = printable(member.linkname)
         return
     if member.islnk():
         _take_hardlink(path, member, record, catalogers)
@@ -91,8 +92,8 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, record: LayerRecord, ca
             if handle is None:
                 return
             parsed = cataloger.read(path, handle, member.size)
-            if parsed is not None:
-                record.evidence[path] = Evidence(cataloger.name, parsed)
+            if parsed is not None:  # the one place where parsed file contents enter a record
+                record.evidence[path] = Evidence(cataloger.name, printable_json(parsed))
                 return
 
 
@@ -101,5 +102,8 @@ def _take_hardlink(path: str, member: tarfile.TarInfo, record: LayerRecord, cata
     target = normalise(member.linkname)
     if target is not None and target in record.evidence:
         record.evidence[path] = record.evidence[target]
-    elif any(c.wants(path, member.mode, member.size) for c in catalogers):
+        return
+    wanting = [c for c in catalogers if c.wants(path, member.mode, member.size)]
+    # a target its cataloger read and found to be no evidence (a C binary linked as a Go one) drops nothing
+    if wanting and (target is None or not any(c.wants(target, member.mode, member.size) for c in wanting)):
         record.skipped[path] = "hard link to a file that was not read"

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import posixpath
 
+from cache.sbom.text import printable
+
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
 
 def normalise(name: str) -> str | None:
-    """``./usr//lib/../bin/`` → ``usr/bin``; None for the root itself or a path that climbs out (``../x``)."""
+    """``./usr//lib/../bin/`` → ``usr/bin``; None for the root itself or a path that climbs out (``../x``).
+
+    A name that is not UTF-8 keeps its bytes as readable escapes (``bad\xff``): see cache/sbom/text.py.
+    """
     if "\0" in name:
         return None
-    path = posixpath.normpath(name.lstrip("/"))
+    path = posixpath.normpath(printable(name).lstrip("/"))
     if path in (".", "") or path == ".." or path.startswith("../"):
         return None
     return path

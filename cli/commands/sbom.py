@@ -53,8 +53,10 @@ def sbom_command(ctx: Context, source: str, format_name: str, output: str | None
         "ref": sbom.ref, "digest": sbom.digest, "format": format_name, "output": output,
         "packages": len(sbom.packages), "layers": len(sbom.layers),
         "layers_scanned": sbom.layers_scanned, "layers_cached": sbom.layers_cached,
-        "pulled": pulled is not None, "seconds": round(sbom.seconds, 3),
+        "pulled": pulled is not None, "seconds": round(sbom.seconds, 3), "warnings": sbom.warnings,
     }
+    for warning in sbom.warnings:  # shown even with -q: the document may be incomplete
+        click.echo(f"layerhoard: warning: {warning}", err=True)
     if ctx.json and output:
         ctx.result(summary)
     else:

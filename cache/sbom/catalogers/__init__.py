@@ -16,7 +16,7 @@ from cache.sbom.catalogers.osrelease import OsReleaseCataloger
 from cache.sbom.catalogers.python import PythonCataloger
 from cache.sbom.catalogers.rpm import RpmCataloger
 
-SCANNER_VERSION = "1"
+SCANNER_VERSION = "2"  # 2: warnings in records, printable paths, streamed dpkg/apk, bounded jars
 
 CATALOGERS: tuple[Cataloger, ...] = (
     OsReleaseCataloger(),

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from cache.sbom.catalogers.base import Found, Json, SizeCapped, has_suffix, text_of
+from cache.sbom.catalogers.base import StreamedDatabase, has_suffix
 
 INSTALLED = "lib/apk/db/installed"
 _KEYS = {"P": "name", "V": "version", "A": "arch", "L": "license", "o": "origin", "m": "maintainer", "U": "url"}
 
 
-class ApkCataloger(SizeCapped):
+class ApkCataloger(StreamedDatabase):
     name = "apk"
     package_type = "apk"
-    max_bytes = 64 << 20
 
     def wants(self, path: str, mode: int, size: int) -> bool:
         return has_suffix(path, INSTALLED)
 
-    def parse(self, path: str, data: bytes) -> Json:
+    def parse_text(self, text: str) -> list[dict[str, str]]:
         packages: list[dict[str, str]] = []
         current: dict[str, str] = {}
-        for line in text_of(data).splitlines():
+        for line in text.splitlines():
             if not line.strip():
                 if current.get("name"):
                     packages.append(current)
@@ -30,7 +29,4 @@ class ApkCataloger(SizeCapped):
                 current[_KEYS[key]] = value
         if current.get("name"):
             packages.append(current)
-        return {"packages": packages}
-
-    def packages(self, path: str, record: Json) -> list[Found]:
-        return [Found(p["name"], p.get("version", ""), p) for p in record.get("packages", [])]
+        return packages

@@ -8,7 +8,7 @@ import posixpath
 import re
 from typing import Any
 
-from cache.sbom.catalogers.base import Found, Json, SizeCapped, has_suffix, stanzas, text_of
+from cache.sbom.catalogers.base import Json, SizeCapped, StreamedDatabase, has_suffix, stanzas, text_of
 
 STATUS = "var/lib/dpkg/status"
 STATUS_D = "var/lib/dpkg/status.d"
@@ -20,10 +20,12 @@ def _installed(stanza: dict[str, str]) -> bool:
     return len(status) == 3 and status[2] == "installed"
 
 
-class DpkgCataloger(SizeCapped):
+class DpkgCataloger(StreamedDatabase):
+    """A real status file is 1 to 10 MB (a few thousand packages): it streams, so a bigger one is
+    read too, up to StreamedDatabase's bounds, instead of being dropped whole."""
+
     name = "dpkg"
     package_type = "deb"
-    max_bytes = 64 << 20
 
     def wants(self, path: str, mode: int, size: int) -> bool:
         if has_suffix(path, STATUS):
@@ -31,9 +33,9 @@ class DpkgCataloger(SizeCapped):
         parent, base = posixpath.split(path)
         return has_suffix(parent, STATUS_D) and not base.endswith(".md5sums") and not base.startswith(".")
 
-    def parse(self, path: str, data: bytes) -> Json:
+    def parse_text(self, text: str) -> list[dict[str, str]]:
         packages = []
-        for stanza in stanzas(text_of(data)):
+        for stanza in stanzas(text):
             if "Package" not in stanza or not _installed(stanza):
                 continue
             source, _, source_version = stanza.get("Source", "").partition(" ")
@@ -45,10 +47,7 @@ class DpkgCataloger(SizeCapped):
                 "source_version": source_version.strip("()"),
                 "maintainer": stanza.get("Maintainer", ""),
             })
-        return {"packages": packages}
-
-    def packages(self, path: str, record: Json) -> list[Found]:
-        return [Found(p["name"], p["version"], p) for p in record.get("packages", [])]
+        return packages
 
 
 _LICENSE_LINE = re.compile(r"License:[ \t]*(\S[^\n]*)")  # a literal start: found fast, line start checked after

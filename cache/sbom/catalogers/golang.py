@@ -63,9 +63,13 @@ def parse_buildinfo(blob: bytes) -> Json:
         strings.append(blob[at:at + length].decode("utf-8", errors="replace"))
         at += length
     version, modinfo = strings
-    if len(modinfo) >= 33 and modinfo[-17] == "\n":
-        modinfo = modinfo[16:-16]  # the sentinels around the text
-    return {"go_version": version, **parse_modinfo(modinfo)}
+    cut = at > len(blob)
+    if len(modinfo) >= 33 and (modinfo[-17] == "\n" or cut):
+        modinfo = modinfo[16:-16]  # the sentinels around the text (cut short: the end is a partial line anyway)
+    record = {"go_version": version, **parse_modinfo(modinfo)}
+    if cut:
+        record["warnings"] = [f"build info over {TAIL_LIMIT} bytes: the modules after that were not read"]
+    return record
 
 
 def parse_modinfo(text: str) -> dict[str, object]:

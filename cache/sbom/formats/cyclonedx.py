@@ -60,6 +60,8 @@ def cyclonedx_document(sbom: ImageSbom) -> dict[str, Any]:
             "timestamp": created(),
             "tools": {"components": [{"type": "application", "name": TOOL, "version": tool_version()}]},
             "component": {"type": "container", "bom-ref": image_ref, "name": sbom.ref, "version": sbom.digest},
+            **({"properties": [{"name": f"{TOOL}:warning:{number}", "value": warning}
+                               for number, warning in enumerate(sbom.warnings)]} if sbom.warnings else {}),
         },
         "components": components,
         "dependencies": [{"ref": image_ref, "dependsOn": [c["bom-ref"] for c in components]}],

@@ -20,4 +20,5 @@ def native_document(sbom: ImageSbom) -> dict[str, Any]:
         "distro": asdict(sbom.distro) if sbom.distro else None,
         "layers": [asdict(layer) for layer in sbom.layers],
         "artifacts": [{"id": package_id(p), **asdict(p)} for p in sbom.packages],
+        "warnings": sbom.warnings,  # what the scan dropped: the document may be incomplete
     }

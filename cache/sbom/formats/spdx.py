@@ -37,6 +37,14 @@ class _LicenceRefs:
         return " AND ".join(f"({i})" if " " in i else i for i in ids)
 
 
+def _creation_info(sbom: ImageSbom) -> dict[str, Any]:
+    info: dict[str, Any] = {"created": created(), "creators": [f"Tool: {TOOL}-{tool_version()}"],
+                            "licenseListVersion": "3.24"}
+    if sbom.warnings:  # the creator comment: where SPDX 2.3 lets the tool say how the document was made
+        info["comment"] = "\n".join([f"{TOOL} warnings (this document may be incomplete):", *sbom.warnings])
+    return info
+
+
 def spdx_document(sbom: ImageSbom) -> dict[str, Any]:
     refs = _LicenceRefs()
     image_id = f"SPDXRef-DocumentRoot-Image-{safe_id(sbom.ref)}"
@@ -80,8 +88,7 @@ def spdx_document(sbom: ImageSbom) -> dict[str, Any]:
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": sbom.ref,
         "documentNamespace": f"https://layerhoard.invalid/spdx/{safe_id(sbom.ref)}-{document_uuid(sbom, 'spdx')}",
-        "creationInfo": {"created": created(), "creators": [f"Tool: {TOOL}-{tool_version()}"],
-                         "licenseListVersion": "3.24"},
+        "creationInfo": _creation_info(sbom),
         "packages": packages,
         "relationships": relationships,
     }
