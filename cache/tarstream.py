@@ -18,17 +18,20 @@ a caller who needs the end-of-archive blocks).
 
 from __future__ import annotations
 
-import struct
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 BLOCK = 512
-META_LIMIT = 1 << 20  # pax and GNU long-name data: far above any real name, small enough to hold
+META_LIMIT = 1 << 20  # pax and GNU long-name data of one member, all its headers together: far
+# above any real name, small enough that parsing it costs little (a run of headers is refused)
 _ZERO = bytes(BLOCK)
 _NO_DATA = frozenset(b"123456")  # links, devices, folders, fifos: their size field means nothing
 _POSIX_MAGIC = b"ustar\x00"
+_HIGH_BYTES = bytes(range(128, 256))
+_PAX_KEYS = frozenset({"path", "linkpath", "size"})  # the records used; others are dropped (bounded)
 
 
 class TarError(Exception):
@@ -45,6 +48,14 @@ class TarCutOff(TarError):
 
 class Readable(Protocol):
     def readinto(self, buffer: Any, /) -> int | None: ...
+
+
+class SeekableFile(Readable, Protocol):
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def fileno(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -93,13 +104,22 @@ def header_ok(block: bytes | bytearray | memoryview) -> bool:
         stored = _number(block[148:156])
     except TarFormatError:
         return False
-    unsigned = 256 + sum(struct.unpack_from("148B8x356B", block))
-    signed = 256 + sum(struct.unpack_from("148b8x356b", block))
-    return stored in (unsigned, signed)
+    # The checksum field counts as 8 spaces (256). Summing only the non-zero bytes of a header
+    # (mostly zeros) is 7 times faster than unpacking all 512: it is most of a header-only pass.
+    rest = block[:148] + block[156:]
+    unsigned = 256 + sum(rest.translate(None, b"\x00"))
+    if stored == unsigned:
+        return True
+    high = len(rest) - len(rest.translate(None, _HIGH_BYTES))  # each counts 256 less when signed
+    return stored == unsigned - 256 * high
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
-    """``"<len> <key>=<value>\\n"`` records; an empty value unsets the key (kept as "")."""
+    """``"<len> <key>=<value>\\n"`` records of the keys used; an empty value unsets the key (kept as "").
+
+    Only the used keys are kept: a run of pax headers with ever new keys would otherwise grow the
+    records held for one member (or, global ones, for the whole stream) without bound.
+    """
     records: dict[str, str] = {}
     pos = 0
     while pos < len(data) and data[pos] != 0:
@@ -112,7 +132,9 @@ def _pax_records(data: bytes) -> dict[str, str]:
         if length <= 0 or len(record) != length or not record.endswith(b"\n") or b"=" not in record:
             raise TarFormatError("invalid pax header record")
         key, _, value = record[space - pos + 1 : -1].partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        name = key.decode("utf-8", "surrogateescape")
+        if name in _PAX_KEYS:
+            records[name] = value.decode("utf-8", "surrogateescape")
         pos += length
     return records
 
@@ -148,6 +170,7 @@ class TarStream:
         self._left = self._pad = 0
         long_name = long_link = None
         pax: dict[str, str] = {}
+        meta_left = META_LIMIT
         while True:
             start = self.offset
             got = self._fill(memoryview(self._header))
@@ -167,7 +190,10 @@ class TarStream:
             if size < 0:
                 raise TarFormatError(f"negative size in the tar header at byte {start}")
             if kind in (b"L", b"K", b"x", b"g"):
-                data = self._meta(size, start)
+                if size > meta_left:
+                    raise TarFormatError(f"tar extended headers of more than {META_LIMIT} bytes at byte {start}")
+                meta_left -= size
+                data = self._meta(size)
                 if kind == b"L":
                     long_name = _nts(data)
                 elif kind == b"K":
@@ -201,10 +227,8 @@ class TarStream:
         self._left, self._pad = size, -size % BLOCK
         return TarMember(name, kind, size, linkname, start)
 
-    def _meta(self, size: int, start: int) -> bytes:
-        """The data of a pax or GNU long-name header (bounded), its padding skipped."""
-        if size > META_LIMIT:
-            raise TarFormatError(f"tar extended header of {size} bytes at byte {start}")
+    def _meta(self, size: int) -> bytes:
+        """The data of a pax or GNU long-name header (bounded by the caller), its padding skipped."""
         buffer = bytearray(size)
         if self._fill(memoryview(buffer)) < size:
             raise TarCutOff(f"the tar ends inside an extended header at byte {self.offset}")
@@ -228,8 +252,8 @@ class TarStream:
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes of the current member's data (for small members)."""
         buffer = bytearray(min(size, self._left))
-        got = self.readinto(memoryview(buffer))
-        return bytes(buffer[:got])
+        self.readinto(memoryview(buffer))  # fills it all, or raises TarCutOff
+        return bytes(buffer)  # one copy (slicing first made two: up to 3 times a config's size held)
 
     def _fill(self, view: memoryview) -> int:
         """Read until ``view`` is full or the source ends; how many bytes came."""
@@ -251,6 +275,27 @@ class TarStream:
             if self._fill(self._scratch[:step]) < step:
                 raise TarCutOff(f"the tar ends inside member data or padding at byte {self.offset}")
             count -= step
+
+
+class TarHeaders(TarStream):
+    """The members of a plain (uncompressed) tar file, seeking past their data instead of reading it.
+
+    A first look at a docker-archive file: only the 512-byte headers are read, whatever the
+    layers weigh; a member's data can still be read with :meth:`read` before the next member.
+    Data that would run past the end of the file is :class:`TarCutOff`, as in a stream.
+    """
+
+    def __init__(self, handle: SeekableFile) -> None:
+        super().__init__(handle)
+        self._handle = handle
+        self._size = os.fstat(handle.fileno()).st_size
+        self.offset = handle.tell()
+
+    def _skip(self, count: int) -> None:
+        if self.offset + count > self._size:
+            raise TarCutOff(f"the tar ends inside member data or padding at byte {self._size}")
+        self.offset += count
+        self._handle.seek(self.offset)
 
 
 class _Prefixed:

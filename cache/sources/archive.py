@@ -2,9 +2,11 @@
 
 The same streaming reader as the daemon source, so the same layer reuse: a layer whose diff_id is
 already stored is hashed, not written again. For a plain tar file a first, cheap look reads only
-the member headers, manifest.json and the config (seeking past layer data), so the reader knows
-exactly which member holds which layer before the single streaming pass; from stdin (or a
-compressed tarball) that look is skipped and layers are kept unless their content says otherwise.
+the member headers (seeking past all data, keeping nothing per member), then manifest.json and the
+config it names, so the streaming pass knows exactly which member holds which layer and which
+metadata to keep (nothing else is read into memory, however many or large the other JSON members
+are). From stdin (or a compressed tarball) that look is skipped: layers are kept unless their
+content says otherwise, and JSON members before manifest.json are held within the reader's budget.
 
 Names in index.json: each of the image's RepoTags, normalised (``app:1`` →
 ``docker.io/library/app:1``); an untagged archive gets ``localhost/<file name without
@@ -15,24 +17,31 @@ Names in index.json: each of the image's RepoTags, normalised (``app:1`` →
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
+from io import BufferedReader
 from pathlib import Path
 from typing import IO
 
-from cache.digest import Digest
-from cache.errors import InvalidManifest, InvalidReference, LayerhoardError, SourceError
+from cache.errors import InvalidReference, LayerhoardError, SourceError
 from cache.model import MAX_CONFIG_BYTES, parse_config
 from cache.progress import ProgressFactory
 from cache.refs import ArchiveSource, ImageRef
 from cache.report import PullReport
-from cache.sources.dockersave import LayerChooser, SaveReader, normalise
+from cache.sources.dockersave import (
+    LayerChooser,
+    SaveReader,
+    TooManyMembers,
+    manifest_entries,
+    members,
+    normalise,
+    wanted_by,
+)
 from cache.sources.saveimage import commit, find_entries, pick_entry, prepare
 from cache.store import BlobStore
+from cache.tarstream import TarError, TarHeaders
 
 _PLAIN_TAR_MAGIC = b"ustar"
 
@@ -47,11 +56,11 @@ def pull_from_archive(
     """Import the one image of the docker save tarball ``source.path`` into ``store``."""
     started = time.monotonic()
     what = f"docker-archive {source.path}"
-    chooser = _chooser(store, source.path)
+    chooser, wanted = _first_look(store, source.path, what)
     bar = progress(f"import {source.path}", _size(source.path)) if progress else None
     try:
         with _open(source.path) as stream:
-            contents = SaveReader(store, chooser, what=what, progress=bar).read(stream)
+            contents = SaveReader(store, chooser, what=what, progress=bar, wanted=wanted).read(stream)
     finally:
         if bar is not None:
             bar.close()
@@ -84,49 +93,55 @@ def _size(path: str) -> int | None:
         return None
 
 
-def _chooser(store: BlobStore, path: str) -> LayerChooser:
-    """Exact member → diff_id knowledge from a header-only look at a plain tar file (else none)."""
+Look = tuple[LayerChooser, frozenset[str] | None]  # what the first look learned (see _first_look)
+
+
+def _first_look(store: BlobStore, path: str, what: str) -> Look:
+    """From a plain tar file's headers, manifest.json and config: member → diff_id, and the
+    metadata members to keep; else nothing known (stdin, a compressed or an unreadable tarball)."""
+    unknown: Look = (LayerChooser(store), None)
+    if path == "-":
+        return unknown
     try:
         with open(path, "rb") as handle:
-            head = handle.read(512)
-    except OSError:
-        return LayerChooser(store)
-    if path == "-" or head[257:262] != _PLAIN_TAR_MAGIC:
-        return LayerChooser(store)
-    try:
-        diff_ids, paths = _layer_paths(path)
-    except (tarfile.TarError, OSError, ValueError, LayerhoardError):
-        return LayerChooser(store)  # the streaming pass reports what is wrong with the file
-    return LayerChooser(store, diff_ids, paths=paths)
+            if handle.read(512)[257:262] != _PLAIN_TAR_MAGIC:
+                return unknown
+            return _look(store, handle, what)
+    except TooManyMembers:
+        raise  # as the streaming pass would say, after reading every header once more
+    except (TarError, OSError, ValueError, LayerhoardError):
+        return unknown  # the streaming pass reports what is wrong with the file
 
 
-def _layer_paths(path: str) -> tuple[tuple[Digest, ...], dict[str, Digest]]:
-    """Layer member path → diff_id from manifest.json and the config, reading no layer data."""
-    with tarfile.open(path, mode="r:") as tar:
-        members = {normalise(m.name): m for m in tar.getmembers()}
+def _look(store: BlobStore, handle: BufferedReader, what: str) -> Look:
+    manifest = _member_data(handle, "manifest.json", what)
+    if manifest is None:
+        return LayerChooser(store), None
+    entries = manifest_entries(manifest, what)
+    wanted = wanted_by(entries)
+    if len(entries) != 1:
+        return LayerChooser(store), wanted  # refused once read; until then only configs are kept
+    config = _member_data(handle, normalise(entries[0].config_path), what)
+    if config is None:
+        return LayerChooser(store), None  # a link, say: the streaming pass resolves it
+    diff_ids = parse_config(config).diff_ids
+    layers = entries[0].layer_paths
+    if len(layers) != len(diff_ids):
+        return LayerChooser(store), wanted
+    return LayerChooser(store, diff_ids, paths={normalise(p): d for p, d in zip(layers, diff_ids, strict=True)}), wanted
 
-        def read(name: str) -> bytes | None:
-            member = members.get(normalise(name))
-            if member is None or not member.isfile() or member.size > MAX_CONFIG_BYTES:
-                return None
-            handle = tar.extractfile(member)
-            return handle.read() if handle else None
 
-        manifest = read("manifest.json")
-        entries = json.loads(manifest) if manifest else []
-        if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
-            return (), {}
-        config_raw = read(str(entries[0].get("Config")))
-        if config_raw is None:
-            return (), {}
-        try:
-            diff_ids = parse_config(config_raw).diff_ids
-        except InvalidManifest:
-            return (), {}
-        layers = entries[0].get("Layers") or []
-        if len(layers) != len(diff_ids):
-            return (), {}
-        return diff_ids, {normalise(str(p)): d for p, d in zip(layers, diff_ids, strict=True)}
+def _member_data(handle: BufferedReader, name: str, what: str) -> bytes | None:
+    """The data of the last regular file ``name`` in the tar (as a stream keeps the last), from one
+    pass over its headers; None when there is none or it is too large for metadata."""
+    handle.seek(0)
+    tar = TarHeaders(handle)
+    leaf = name.rpartition("/")[2]
+    data = None
+    for member in members(tar, what):
+        if leaf in member.name and normalise(member.name) == name:  # the cheap test first
+            data = tar.read(member.size) if member.isfile() and member.size <= MAX_CONFIG_BYTES else None
+    return data
 
 
 def _names(repo_tags: tuple[str, ...], path: str) -> list[str]:

@@ -7,12 +7,14 @@
                                 gzip blobs (containerd image store)
 
 The stream is read once, front to back (:mod:`cache.tarstream`): nothing seeks, nothing is
-spooled to a temporary tarball, no layer is held in memory. Metadata files are small and kept;
-each layer is hashed as it passes and, when a :class:`LayerChooser` says it is new, written at
-the same time into a staged blob (our fixed zstd for an uncompressed tar, the bytes as they are
-for a compressed blob). Layer bytes go from the stream's ``readinto`` straight into buffers
-that :class:`BackgroundSink` makes once and cycles between the threads. Links (docker save
-links duplicate layers) are recorded and resolved later. What the image is (config, layer
+spooled to a temporary tarball, no layer is held in memory. What is held is bounded whatever the
+tar holds: at most :data:`MAX_MEMBERS` members; metadata (JSON) kept only as manifest.json names
+it, within :data:`METADATA_BUDGET` (:class:`MetadataKeeper`). Each layer is hashed as it passes
+and, when a :class:`LayerChooser` says it is new, written at the same time into a staged blob
+(our fixed zstd for an uncompressed tar, the bytes as they are for a compressed blob). Layer
+bytes go from the stream's ``readinto`` straight into buffers that :class:`BackgroundSink`
+makes once and cycles between the threads. Links (docker save links duplicate layers) are
+recorded and resolved later. What the image is (config, layer
 order) is decided afterwards by :mod:`cache.sources.saveimage`; nothing becomes visible in the
 store here.
 """
@@ -20,11 +22,12 @@ store here.
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from cache.compression import CorruptLayer, DiffIdHasher, zstd_compressor
 from cache.digest import Digest
@@ -40,8 +43,23 @@ from cache.tarstream import Readable, TarCutOff, TarError, TarMember, TarStream,
 
 SNIFF_BYTES = 4096
 JSON_BLOB_LIMIT = 4 << 20  # a blobs/ entry this small starting with "{" is metadata, kept in memory
+# A docker save has a few members per layer (and an image at most 127 layers): a tar with more is
+# refused before per-member bookkeeping (links, layers seen) or header parsing time add up.
+MAX_MEMBERS = 100_000
+# Metadata held in memory at once: the largest config allowed, twice (a tar stream may carry
+# JSON members before manifest.json says which of them are needed).
+METADATA_BUDGET = 2 * MAX_CONFIG_BYTES
 _BLOB_PATH = re.compile(r"blobs/sha256/([0-9a-f]{64})")
-_TOP_METADATA = {"manifest.json", "index.json", "oci-layout", "repositories"}
+_TOP_METADATA = {"manifest.json", "index.json"}  # repositories and oci-layout are never read
+
+
+@dataclass(frozen=True)
+class SaveEntry:
+    """One image of a docker save: where its config and layers are in the tar, and its tags."""
+
+    config_path: str
+    layer_paths: tuple[str, ...]
+    repo_tags: tuple[str, ...]
 
 
 @dataclass
@@ -100,6 +118,50 @@ class SaveContents:
         self.staging.discard()
 
 
+class TooManyMembers(NotADockerSave):
+    """The tar has more than :data:`MAX_MEMBERS` members."""
+
+
+def members(tar: TarStream, what: str) -> Iterator[TarMember]:
+    """The tar's members, refused past :data:`MAX_MEMBERS`."""
+    for count, member in enumerate(tar, 1):
+        if count > MAX_MEMBERS:
+            raise TooManyMembers(
+                f"{what} has more than {MAX_MEMBERS} tar members, far more than a docker save has; refused"
+            )
+        yield member
+
+
+def _parse_json(data: bytes | None, what: str) -> Any:
+    if data is None:
+        raise NotADockerSave(f"{what} is missing")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise NotADockerSave(f"{what} is not valid JSON: {error}") from None
+
+
+def manifest_entries(raw: bytes, what: str) -> list[SaveEntry]:
+    """The images manifest.json lists (``what`` names the archive in errors)."""
+    document = _parse_json(raw, f"{what}: manifest.json")
+    if not isinstance(document, list):
+        raise NotADockerSave(f"{what}: manifest.json is not a list")
+    entries = []
+    for item in document:
+        if not isinstance(item, dict) or not isinstance(item.get("Config"), str):
+            raise NotADockerSave(f"{what}: manifest.json entry without Config")
+        layers, tags = item.get("Layers") or [], item.get("RepoTags") or []
+        if not isinstance(layers, list) or not all(isinstance(p, str) for p in layers):
+            raise NotADockerSave(f"{what}: manifest.json entry with a bad Layers list")
+        entries.append(SaveEntry(item["Config"], tuple(layers), tuple(t for t in tags if isinstance(t, str))))
+    return entries
+
+
+def wanted_by(entries: list[SaveEntry]) -> frozenset[str]:
+    """The metadata members an import reads when manifest.json lists ``entries``."""
+    return frozenset({"manifest.json", *(normalise(entry.config_path) for entry in entries)})
+
+
 def normalise(name: str) -> str:
     """A member name as a key: no leading ./ or /, no . or .. segments (never used as a file path)."""
     path = posixpath.normpath("/" + name.replace("\\", "/")).lstrip("/")
@@ -133,12 +195,14 @@ class LayerChooser:
         self.unseen = set(range(len(self.diff_ids)))
         self.staged: set[Digest] = set()
 
-    def note_file(self, path: str, data: bytes) -> None:
-        folder, _, leaf = path.rpartition("/")
-        if leaf == "json" and folder and "/" not in folder and self.chains:
-            position = layer_position(folder, data, self.chains)
-            if position is not None:
-                self.paths.setdefault(f"{folder}/layer.tar", self.diff_ids[position])
+    def wants_v1_json(self, folder: str) -> bool:
+        """Whether ``<folder>/json`` could tell which layer ``<folder>/layer.tar`` is (not known yet)."""
+        return bool(self.chains) and f"{folder}/layer.tar" not in self.paths
+
+    def note_v1_json(self, folder: str, data: bytes) -> None:
+        position = layer_position(folder, data, self.chains)
+        if position is not None:
+            self.paths.setdefault(f"{folder}/layer.tar", self.diff_ids[position])
 
     def should_store(self, path: str, size: int, compression: str, named: Digest | None) -> bool:
         if compression != "none":  # a compressed blob is named by its digest in the OCI layout
@@ -226,25 +290,85 @@ def _is_metadata(path: str) -> bool:
     return "/" not in folder and leaf in ("json", "VERSION")
 
 
+def _check_metadata_size(what: str, path: str, size: int) -> None:
+    if size > MAX_CONFIG_BYTES:
+        raise NotADockerSave(f"{what}: {path} is {size} bytes, too large for metadata")
+
+
+class MetadataKeeper:
+    """Which metadata members one pass keeps in memory (``contents.files``), and the bound on it.
+
+    ``wanted`` known ahead (an archive file's first look read its manifest.json): exactly those
+    members are kept; any other JSON member is skipped unread, however many and large. Not known
+    (a stream): JSON members are kept until manifest.json arrives, which then says what to keep
+    (the rest is dropped). Either way, more than :data:`METADATA_BUDGET` bytes held at once is
+    refused before the member that would pass it is read.
+    """
+
+    def __init__(self, contents: SaveContents, what: str, wanted: frozenset[str] | None) -> None:
+        self.contents = contents
+        self.what = what
+        self.wanted = wanted
+        self.held = 0
+
+    def wants(self, path: str) -> bool:
+        return self.wanted is None or path in self.wanted
+
+    def keep(self, tar: TarStream, path: str, size: int, head: bytes = b"") -> None:
+        """Read the rest of the current member (``head`` read already) and keep it as ``path``."""
+        _check_metadata_size(self.what, path, size)
+        held = self.held - len(self.contents.files.get(path, b"")) + size
+        if held > METADATA_BUDGET:
+            raise NotADockerSave(
+                f"{self.what}: its JSON members add up to more than {METADATA_BUDGET >> 20} MiB "
+                "(before manifest.json, or named by it), far more than a docker save holds; refused"
+            )
+        self.contents.files[path] = head + tar.read(size - len(head))
+        self.held = held
+        if path == "manifest.json" and self.wanted is None:
+            self._learn()
+
+    def _learn(self) -> None:
+        """manifest.json has come: from now on keep what it names, and drop the rest now."""
+        try:
+            entries = manifest_entries(self.contents.files["manifest.json"], self.what)
+        except NotADockerSave:
+            return  # reported when the image is looked for; until then keep within the budget
+        named = wanted_by(entries)
+        self.wanted = named | {self.contents.resolve(path) for path in named}
+        for path in [p for p in self.contents.files if p not in self.wanted]:
+            self.held -= len(self.contents.files.pop(path))
+
+
 class SaveReader:
     """Reads one docker save stream into a :class:`SaveContents` (staged, not yet published)."""
 
-    def __init__(self, store: BlobStore, chooser: LayerChooser, *, what: str, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        chooser: LayerChooser,
+        *,
+        what: str,
+        progress: Progress | None = None,
+        wanted: frozenset[str] | None = None,
+    ) -> None:
         self.store = store
         self.chooser = chooser
         self.what = what
         self.progress = progress
+        self.wanted = wanted  # the metadata members to keep, when known ahead (see MetadataKeeper)
 
     def read(self, stream: IO[bytes] | BinaryIO | Readable, *, require_end: bool = False) -> SaveContents:
         """The stream's images, staged. ``require_end``: a tar without its end-of-archive blocks
         was cut off (for a stream whose transport cannot tell its end from a cut)."""
         contents = SaveContents(Staging(self.store))
+        keeper = MetadataKeeper(contents, self.what, self.wanted)
         counting = _CountingReader(stream, self.what, self.progress)
         try:
             try:
                 tar = open_tar(counting)
-                for member in tar:
-                    self._member(tar, member, contents)
+                for member in members(tar, self.what):
+                    self._member(tar, member, contents, keeper)
             except (TarError, CorruptLayer) as error:
                 if isinstance(error, TarCutOff):
                     raise StreamCutOff(
@@ -267,7 +391,7 @@ class SaveReader:
         contents.bytes_read = counting.count
         return contents
 
-    def _member(self, tar: TarStream, member: TarMember, contents: SaveContents) -> None:
+    def _member(self, tar: TarStream, member: TarMember, contents: SaveContents, keeper: MetadataKeeper) -> None:
         path = normalise(member.name)
         if member.issym():
             contents.links[path] = normalise(posixpath.join(posixpath.dirname(path), member.linkname))
@@ -278,23 +402,31 @@ class SaveReader:
         if not member.isfile():
             return  # folders, devices: nothing an image needs
         if _is_metadata(path):
-            if member.size > MAX_CONFIG_BYTES:
-                raise NotADockerSave(f"{self.what}: {path} is {member.size} bytes, too large for metadata")
-            data = tar.read(member.size)
-            contents.files[path] = data
-            self.chooser.note_file(path, data)
+            self._metadata(tar, path, member.size, keeper)
             return
         head = tar.read(min(member.size, SNIFF_BYTES))
         match = _BLOB_PATH.fullmatch(path)
         named = Digest(match.group(1)) if match else None
         if named is not None and head[:1] == b"{" and member.size <= JSON_BLOB_LIMIT:
-            contents.files[path] = head + tar.read(member.size - len(head))  # a manifest, index or config
+            if keeper.wants(path):  # a manifest, index or config
+                keeper.keep(tar, path, member.size, head)
             return
         compression = _sniff(head)
         if compression is None:
             contents.others.add(path)  # not a layer; an error only if something refers to it
             return
         contents.layers[path] = self._layer(tar, path, member.size, compression, named, head, contents)
+
+    def _metadata(self, tar: TarStream, path: str, size: int, keeper: MetadataKeeper) -> None:
+        folder, _, leaf = path.rpartition("/")
+        if not folder:
+            if keeper.wants(path):
+                keeper.keep(tar, path, size)
+            return
+        # A legacy <folder>/json names the folder's layer; read while it helps, never kept.
+        if leaf == "json" and self.chooser.wants_v1_json(folder):
+            _check_metadata_size(self.what, path, size)
+            self.chooser.note_v1_json(folder, tar.read(size))
 
     def _layer(
         self,

@@ -10,11 +10,9 @@ byte for byte, an OCI manifest written (:func:`cache.model.build_manifest`) and 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cache.digest import Digest, parse_digest, sha256_of
 from cache.errors import DigestMismatch, InvalidManifest, LayerhoardError, NotADockerSave, SourceError
@@ -33,7 +31,7 @@ from cache.model import (
     parse_manifest_or_index,
 )
 from cache.report import LayerReport, PullReport
-from cache.sources.dockersave import SaveContents, SavedLayer
+from cache.sources.dockersave import SaveContents, SavedLayer, SaveEntry, manifest_entries
 from cache.sources.staging import StagedBlob
 from cache.sources.storedlayers import stored_layer
 from cache.store import BlobStore
@@ -45,15 +43,6 @@ class MissingLayers(LayerhoardError):
     def __init__(self, diff_ids: list[Digest]) -> None:
         super().__init__(f"{len(diff_ids)} layer(s) were not kept in this pass, first {diff_ids[0]}")
         self.diff_ids = diff_ids
-
-
-@dataclass(frozen=True)
-class SaveEntry:
-    """One image of a docker save: where its config and layers are in the tar, and its tags."""
-
-    config_path: str
-    layer_paths: tuple[str, ...]
-    repo_tags: tuple[str, ...]
 
 
 @dataclass
@@ -70,30 +59,11 @@ class PreparedImage:
     repo_tags: tuple[str, ...]
 
 
-def _json(data: bytes | None, what: str) -> Any:
-    if data is None:
-        raise NotADockerSave(f"{what} is missing")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise NotADockerSave(f"{what} is not valid JSON: {error}") from None
-
-
 def find_entries(contents: SaveContents, what: str) -> list[SaveEntry]:
     """The images of the save, from manifest.json, else from index.json."""
-    if contents.file("manifest.json") is not None:
-        document = _json(contents.file("manifest.json"), f"{what}: manifest.json")
-        if not isinstance(document, list):
-            raise NotADockerSave(f"{what}: manifest.json is not a list")
-        entries = []
-        for item in document:
-            if not isinstance(item, dict) or not isinstance(item.get("Config"), str):
-                raise NotADockerSave(f"{what}: manifest.json entry without Config")
-            layers, tags = item.get("Layers") or [], item.get("RepoTags") or []
-            if not isinstance(layers, list) or not all(isinstance(p, str) for p in layers):
-                raise NotADockerSave(f"{what}: manifest.json entry with a bad Layers list")
-            entries.append(SaveEntry(item["Config"], tuple(layers), tuple(t for t in tags if isinstance(t, str))))
-        return entries
+    manifest = contents.file("manifest.json")
+    if manifest is not None:
+        return manifest_entries(manifest, what)
     if contents.file("index.json") is not None:
         return _entries_from_index(contents, what)
     found = ", ".join(sorted(list(contents.files) + list(contents.layers))[:5]) or "nothing"
