@@ -59,13 +59,9 @@ class Folder:
         a link. Missing parts are made (with ``mode`` when given: a shared cache's folder mode)."""
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         path = root
-        try:
-            for part in parts:
-                path = path / part
-                fd = _open_child(fd, part, path, make, mode)
-        except BaseException:
-            os.close(fd)
-            raise
+        for part in parts:
+            path = path / part
+            fd = _open_child(fd, part, path, make, mode)  # closes the parent, whatever happens
         return cls(path, fd)
 
     def close(self) -> None:

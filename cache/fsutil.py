@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 from cache.folder import Folder, UnsafeFile
 
+TEMP_SUFFIX = ".tmp"
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or link inside ``path`` survive a power loss (containerd#12301)."""
@@ -25,20 +27,45 @@ def fsync_dir(path: Path) -> None:
 @contextlib.contextmanager
 def replacing(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Yield a file that replaces ``target`` when the block ends normally; readers see the old or
-    the new file, never a mix, and an error leaves no trace."""
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    the new file, never a mix, and an error leaves no trace.
+
+    The temporary file, ``.<name>.<random>.tmp`` beside the target, is locked while it is written. A
+    process killed meanwhile leaves it behind (an export of gigabytes, say): the next replacing of
+    the same target removes every such leftover whose lock nobody holds.
+    """
+    prefix = f".{target.name}."
+    _remove_leftovers(target.parent, prefix)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=TEMP_SUFFIX)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # ours while it is written: a concurrent run leaves it alone
         with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
             os.fchmod(out.fileno(), mode)  # through the descriptor: never chmod a name
-        os.replace(temp, target)
+            os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
     fsync_dir(target.parent)
+
+
+def _remove_leftovers(folder: Path, prefix: str) -> None:
+    """Remove the temporary files of earlier, killed :func:`replacing` runs of one target."""
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(prefix) and name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return
+    if not names:
+        return
+    parent = Folder.at(folder, make=False)
+    try:
+        for name in names:
+            with contextlib.suppress(OSError):
+                remove_unless_locked(parent, name)
+    finally:
+        parent.close()
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -122,6 +149,11 @@ def _open_or_make(folder: Folder, name: str) -> int:
 def remove_unless_in_use(folder: Folder, name: str) -> bool:
     """Remove a temporary file unless a writer marked it :class:`InUse`. True when removed. A link,
     FIFO or device in its place is never ours and is removed unopened (so it cannot hang us)."""
+    return remove_unless_locked(folder, name)
+
+
+def remove_unless_locked(folder: Folder, name: str) -> bool:
+    """Remove ``name`` unless some process holds an ``flock`` on it (shared or exclusive)."""
     try:
         fd = folder.open(name)
     except FileNotFoundError:

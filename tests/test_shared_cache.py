@@ -4,16 +4,11 @@ what the other wrote."""
 
 from __future__ import annotations
 
-import grp
 import importlib
 import multiprocessing
 import os
-import pwd
-import shutil
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -26,34 +21,11 @@ from tests.lifecycle_support import Pushed, assert_store_sound, push_images, ref
 from tests.services import Registry
 
 pytestmark = pytest.mark.registry
-GROUP, USER = "lhbuilders", "lhtester"
 FORK = multiprocessing.get_context("fork")
 # The forked child cannot read the interpreter's files (under root's 0700 home): load what it runs now.
 for _module in ("concurrent.futures.thread", "cli.commands.pull", "cli.commands.lifecycle",
                 "cli.commands.maintenance", "cache.sources.registry", "cache.registry.client"):
     importlib.import_module(_module)
-
-
-@pytest.fixture(scope="module")
-def member() -> tuple[int, int]:
-    """(uid, gid) of a user in the shared group (made here when missing); skips unless root."""
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("creating a second user needs root and useradd")
-    if subprocess.run(["getent", "group", GROUP], capture_output=True).returncode != 0:
-        subprocess.run(["groupadd", GROUP], check=True)
-    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/usr/sbin/nologin", USER], check=True)
-    return pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid
-
-
-@pytest.fixture
-def shared_dir(member: tuple[int, int]) -> Iterator[Path]:
-    top = Path(tempfile.mkdtemp(prefix="lh-shared-", dir="/tmp"))  # not under pytest's 0700 tmp
-    os.chmod(top, 0o755)
-    cache = top / "cache"
-    subprocess.run(["install", "-d", "-m", "2775", "-g", GROUP, str(cache)], check=True)
-    yield cache
-    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
