@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cache.digest import Digest
 from cache.errors import BlobNotFound
+from cache.folder import UnsafeFile
 from cache.model import MAX_MANIFEST_BYTES
 from cache.server import content
 from cache.server.errors import RegistryError, disk_full_error
@@ -235,9 +236,9 @@ class RegistryHandler(BaseHTTPRequestHandler):
             flight.wait_finished()  # stored by someone else, or no length to announce: serve the result
             self._blob(method, repo, {"digest": str(digest)})
             return
-        try:
-            handle: BinaryIO = open(flight.path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:  # committed meanwhile: it is in blobs/ now
+        try:  # through the ingest folder: a link a member put in the spool's place is refused
+            handle: BinaryIO = os.fdopen(self.server.store.ingest_folder.open(flight.path.name), "rb")
+        except (FileNotFoundError, UnsafeFile):  # committed meanwhile (it is in blobs/ now), or planted
             self._blob(method, repo, {"digest": str(digest)})
             return
         with handle:
