@@ -321,12 +321,12 @@ class BlobStore:
         return self.blobs_dir / digest.hex
 
     def has(self, digest: Digest) -> bool:
-        return self.blobs_folder.is_file(digest.hex)
+        return _published(self.blobs_folder.lstat(digest.hex))
 
     def stat(self, digest: Digest) -> os.stat_result:
         """The blob's file itself (a link is not followed); BlobNotFound when it is not a stored blob."""
         info = self.blobs_folder.lstat(digest.hex)
-        if info is None or not stat.S_ISREG(info.st_mode):
+        if info is None or not _published(info):
             raise BlobNotFound(f"blob {digest} is not in the cache")
         return info
 
@@ -342,7 +342,7 @@ class BlobStore:
             raise BlobNotFound(f"blob {digest} is not in the cache") from None
         except UnsafeFile as error:
             raise UnsafeBlob(f"blob {digest} refused: {error}; run `layerhoard verify --repair`") from None
-        if os.fstat(fd).st_mode & PUBLISHED_MODE != PUBLISHED_MODE:  # every blob we publish is 0444
+        if not _published(os.fstat(fd)):
             os.close(fd)
             raise UnsafeBlob(f"blob {digest} refused: {self.path(digest)} is not readable by everyone, so it is "
                              "not a blob layerhoard published; run `layerhoard verify --repair`")
@@ -546,7 +546,7 @@ class BlobStore:
 
         ``full`` checks sha256 against the name; otherwise blake3 against the record made at ingest
         (sha256 where no record exists). A name that is not a blob we published (a link, a FIFO, a
-        writable file) is damage too. ``repair`` also forgets the blob in the index so the next
+        file not readable by everyone) is damage too. ``repair`` also forgets the blob in the index so the next
         pull fetches it again. Returns (blobs checked, corrupt blobs).
         """
         checked = 0
@@ -589,6 +589,12 @@ class BlobStore:
             corrupt.close()
         self.blobs_folder.fsync()
         return self.corrupt_dir / name
+
+
+def _published(info: os.stat_result | None) -> bool:
+    """Whether a file in blobs/ can be a blob we published: a regular file readable by everyone (we
+    publish 0444). A private file (a hard link to someone's secrets) never is."""
+    return info is not None and stat.S_ISREG(info.st_mode) and info.st_mode & PUBLISHED_MODE == PUBLISHED_MODE
 
 
 def _check_meta_files(meta: Folder, store: BlobStore) -> None:
