@@ -31,6 +31,12 @@ class ImageNotFound(LayerhoardError):
     """An image reference that the store (or a source) does not know."""
 
 
+def evicted_while_read(ref: str, error: BlobNotFound) -> ImageNotFound:
+    """What a reader (export, sbom) says when prune removed a blob of the image it is reading:
+    docs/lifecycle.md promises this line, not the store's "not in the cache"."""
+    return ImageNotFound(f"{ref} was evicted from the cache while in use; fetch it again ({error})")
+
+
 class InvalidManifest(LayerhoardError):
     """A manifest, index or config that does not parse or breaks the OCI rules."""
 

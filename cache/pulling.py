@@ -4,6 +4,12 @@ The source gives a ``fetch`` function; this module does the rest, the same way f
 an OCI layout: blobs already stored are reused (no byte is read from the source), new layers are
 stored while their diff_id is computed in the same pass and checked against the config before
 the blob becomes visible, and the verified (blob, diff_id) pair is recorded.
+
+Two things a bad day brings are taken in stride: bytes that fail a check (size, sha256, diff_id,
+a gzip stream that does not decompress) are deleted and the blob fetched once more from zero,
+since what failed may be a partial an earlier attempt left (an error page cut off mid-blob, then
+resumed onto); and a blob that was stored when looked at but is gone when read (a prune evicted
+it in between) is fetched again.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from typing import Any, NamedTuple
 
 from cache.compression import CorruptLayer, DiffIdHasher
 from cache.digest import Digest
-from cache.errors import DigestMismatch, InvalidManifest, LayerhoardError, SizeMismatch
+from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, LayerhoardError, SizeMismatch
+from cache.images import BlobsEvicted
 from cache.model import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, compression_of, parse_config
 from cache.progress import ProgressFactory, no_progress
 from cache.report import LayerReport
@@ -57,12 +64,13 @@ class BlobPuller:
         """A config (or other small blob): read from the store, else fetched, checked and stored."""
         if descriptor.size > limit:
             raise InvalidManifest(f"blob {descriptor.digest} is {descriptor.size} bytes, more than {limit} allowed")
-        if not self.store.has(descriptor.digest):
-            with self.store.writer(descriptor.digest, descriptor.size, resume=True) as writer:
-                if writer is not None:
-                    self._transfer(descriptor, writer, None)
-                    writer.commit(descriptor.media_type, self.source)
-        return self.store.read_bytes(descriptor.digest)
+        if self.store.has(descriptor.digest):
+            try:
+                return self.store.read_bytes(descriptor.digest)
+            except BlobNotFound:
+                pass  # evicted since the look: fetch it
+        self._store_blob(descriptor, None, None)
+        return self._read_stored(descriptor.digest)
 
     def pull_manifest(self, manifest: Manifest) -> PulledManifest:
         config = parse_config(self.small_blob(manifest.config), f"config {manifest.config.digest}")
@@ -91,22 +99,16 @@ class BlobPuller:
 
     def layer(self, layer: Descriptor, diff_id: Digest) -> LayerReport:
         """Store one layer unless it is there; either way its diff_id is checked against the config."""
-        if not self.store.has(layer.digest):
-            with self.store.writer(layer.digest, layer.size, resume=True) as writer:
-                if writer is not None:
-                    hasher = self._transfer(layer, writer, compression_of(layer.media_type))
-                    try:
-                        actual = hasher.finish() if hasher else None
-                        if actual != diff_id:
-                            raise DigestMismatch(
-                                f"layer {layer.digest} uncompresses to {actual}, but the config says {diff_id}"
-                            )
-                    except LayerhoardError:
-                        writer.discard()
-                        raise
-                    writer.commit(layer.media_type, self.source)
-                    self.store.index.record_diff_id(layer.digest, diff_id, layer.media_type)
-                    return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=False)
+        if self.store.has(layer.digest):
+            try:
+                return self._reused(layer, diff_id)
+            except BlobsEvicted:
+                pass  # evicted since the look: fetch it
+        if not self._store_blob(layer, compression_of(layer.media_type), diff_id):
+            return self._reused(layer, diff_id)  # another process stored it meanwhile
+        return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=False)
+
+    def _reused(self, layer: Descriptor, diff_id: Digest) -> LayerReport:
         self._check_stored_diff_id(layer, diff_id)
         return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=True)
 
@@ -114,22 +116,54 @@ class BlobPuller:
         known = self.store.index.diff_id_of(layer.digest)
         if known is None:  # stored before its pair was known (or the index was rebuilt): hash it here
             hasher = DiffIdHasher(compression_of(layer.media_type))
-            with self.store.open(layer.digest) as handle:
-                while chunk := handle.read(1 << 20):
-                    hasher.update(chunk)
+            try:
+                with self.store.open(layer.digest) as handle:
+                    while chunk := handle.read(1 << 20):
+                        hasher.update(chunk)
+            except BlobNotFound:
+                raise _evicted(layer.digest) from None
             known = hasher.finish()
             if known == diff_id:
                 self.store.index.record_diff_id(layer.digest, known, layer.media_type)
         if known != diff_id:
             raise DigestMismatch(f"layer {layer.digest} uncompresses to {known}, but the config says {diff_id}")
 
+    def _read_stored(self, digest: Digest) -> bytes:
+        try:
+            return self.store.read_bytes(digest)
+        except BlobNotFound:
+            raise _evicted(digest) from None
+
+    def _store_blob(self, descriptor: Descriptor, compression: str | None, diff_id: Digest | None) -> bool:
+        """Fetch, check and publish a blob (recording its diff_id pair when given); False when
+        another process stored it first. Bytes that fail a check are dropped and the blob fetched
+        once more from zero: the failure may be a bad partial (left by an earlier attempt, or
+        resumed onto with Range), not the source; a second failure is the error."""
+        try:
+            return self._store_once(descriptor, compression, diff_id)
+        except (DigestMismatch, SizeMismatch, CorruptLayer):
+            return self._store_once(descriptor, compression, diff_id)
+
+    def _store_once(self, descriptor: Descriptor, compression: str | None, diff_id: Digest | None) -> bool:
+        with self.store.writer(descriptor.digest, descriptor.size, resume=True) as writer:
+            if writer is None:
+                return False
+            try:
+                hasher = self._transfer(descriptor, writer, compression)
+                if diff_id is not None:
+                    _check_diff_id(descriptor, hasher.finish() if hasher else None, diff_id)
+            except (DigestMismatch, SizeMismatch, CorruptLayer):
+                writer.discard()  # known-bad bytes are never resumed
+                raise
+            writer.commit(descriptor.media_type, self.source)
+            if diff_id is not None:
+                self.store.index.record_diff_id(descriptor.digest, diff_id, descriptor.media_type)
+            return True
+
     def _transfer(self, descriptor: Descriptor, writer: BlobWriter, compression: str | None) -> DiffIdHasher | None:
-        """Stream the rest of a blob into ``writer`` (hashing the uncompressed bytes when asked)."""
-        hasher = DiffIdHasher(compression) if compression else None
-        if hasher:
-            for chunk in writer.existing_chunks():
-                hasher.update(chunk)
-        state: dict[str, Any] = {"hasher": hasher, "corrupt": None}
+        """Stream the rest of a blob into ``writer`` (hashing the uncompressed bytes when asked).
+        Bytes that fail a check are deleted; the caller decides whether to try again."""
+        state: dict[str, Any] = {"hasher": None, "corrupt": None}
         bar = self.progress(f"{descriptor.digest.short}", descriptor.size)
         bar.update(writer.offset)
 
@@ -151,6 +185,7 @@ class BlobPuller:
             state["corrupt"] = None
 
         try:
+            state["hasher"] = _hash_existing(writer, compression)  # a bad partial fails here, and is dropped
             self.fetch(descriptor, writer.offset, on_chunk, on_restart)
             writer.verify()
             if state["corrupt"] is not None:
@@ -167,3 +202,23 @@ class BlobPuller:
         finally:
             bar.close()
         return state["hasher"]  # type: ignore[no-any-return]
+
+
+def _hash_existing(writer: BlobWriter, compression: str | None) -> DiffIdHasher | None:
+    """A diff_id hasher fed the bytes an earlier attempt left (None when no diff_id is wanted)."""
+    hasher = DiffIdHasher(compression) if compression else None
+    if hasher:
+        for chunk in writer.existing_chunks():
+            hasher.update(chunk)
+    return hasher
+
+
+def _check_diff_id(layer: Descriptor, actual: Digest | None, diff_id: Digest) -> None:
+    if actual != diff_id:
+        raise DigestMismatch(f"layer {layer.digest} uncompresses to {actual}, but the config says {diff_id}")
+
+
+def _evicted(digest: Digest) -> BlobsEvicted:
+    """A blob that was stored when looked at and is gone when read: a prune evicted it meanwhile.
+    The pull dispatcher (cache/pull.py) runs such a pull once more."""
+    return BlobsEvicted(f"blob {digest} was evicted while in use; pull again")

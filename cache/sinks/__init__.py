@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cache.errors import InvalidReference
+from cache.errors import BlobNotFound, InvalidReference, evicted_while_read
 from cache.fsutil import replacing
 from cache.images import CachedImage
 from cache.refs import ImageRef
@@ -82,6 +82,14 @@ def export(
     *, docker_host: str | None = None,
 ) -> ExportReport:
     """Write ``image`` to ``destination``; see the module docstring for the forms it takes."""
+    try:
+        return _export(store, image, destination, compression, docker_host)
+    except BlobNotFound as error:  # a prune evicted the image while it was being written out
+        raise evicted_while_read(image.ref, error) from None
+
+
+def _export(store: BlobStore, image: CachedImage, destination: str, compression: str,
+            docker_host: str | None) -> ExportReport:
     started = time.monotonic()
     dest = parse_destination(destination)
     if compression not in COMPRESSIONS:
