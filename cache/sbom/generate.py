@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cache.errors import InvalidManifest
+from cache.errors import BlobNotFound, InvalidManifest, evicted_while_read
 from cache.images import CachedImage
 from cache.model import compression_of
 from cache.sbom.catalogers import SCANNER_VERSION
@@ -55,7 +55,11 @@ def layer_record(image: CachedImage, index: int, records: SbomRecords) -> tuple[
     if cached is not None:
         return cached, False
     descriptor = image.layers[index]
-    with image.open_layer(descriptor) as raw:
+    try:
+        raw = image.open_layer(descriptor)
+    except BlobNotFound as error:  # a prune evicted the image since it was loaded
+        raise evicted_while_read(image.ref, error) from None
+    with raw:
         record = scan_layer(raw, compression_of(descriptor.media_type), diff_id)
     records.put(record)
     return record, True
