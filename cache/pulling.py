@@ -121,7 +121,7 @@ class BlobPuller:
                     while chunk := handle.read(1 << 20):
                         hasher.update(chunk)
             except BlobNotFound:
-                raise _evicted(layer.digest) from None
+                raise evicted_while_pulled(layer.digest) from None
             known = hasher.finish()
             if known == diff_id:
                 self.store.index.record_diff_id(layer.digest, known, layer.media_type)
@@ -132,7 +132,7 @@ class BlobPuller:
         try:
             return self.store.read_bytes(digest)
         except BlobNotFound:
-            raise _evicted(digest) from None
+            raise evicted_while_pulled(digest) from None
 
     def _store_blob(self, descriptor: Descriptor, compression: str | None, diff_id: Digest | None) -> bool:
         """Fetch, check and publish a blob (recording its diff_id pair when given); False when
@@ -218,7 +218,7 @@ def _check_diff_id(layer: Descriptor, actual: Digest | None, diff_id: Digest) ->
         raise DigestMismatch(f"layer {layer.digest} uncompresses to {actual}, but the config says {diff_id}")
 
 
-def _evicted(digest: Digest) -> BlobsEvicted:
+def evicted_while_pulled(digest: Digest) -> BlobsEvicted:
     """A blob that was stored when looked at and is gone when read: a prune evicted it meanwhile.
     The pull dispatcher (cache/pull.py) runs such a pull once more."""
     return BlobsEvicted(f"blob {digest} was evicted while in use; pull again")

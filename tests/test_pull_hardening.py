@@ -151,6 +151,18 @@ def test_a_blob_evicted_between_check_and_use_is_fetched_again(
     store.close()
 
 
+def test_a_manifest_evicted_before_a_pull_by_digest_reads_it_is_fetched_again(
+    tmp_path: Path, server: FaultRegistry, image: TestImage
+) -> None:
+    store = EvictedOnOpen(tmp_path / "cache")
+    fast_pull(store, server)
+    store.evict = {parse_digest(image.manifest_digest)}  # a pull by digest answers from the store: not now
+    report = fast_pull(store, server, image.manifest_digest)
+    assert report.digest == image.manifest_digest and store.evict == set()
+    assert any(s.path.endswith(f"/manifests/{image.manifest_digest}") for s in server.seen)
+    store.close()
+
+
 def test_export_and_sbom_of_an_image_evicted_under_them_say_fetch_it_again(
     store: BlobStore, server: FaultRegistry, image: TestImage, tmp_path: Path
 ) -> None:

@@ -11,11 +11,11 @@ import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from cache.digest import Digest, sha256_of
-from cache.errors import DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
+from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
 from cache.images import missing_blobs, record_image
 from cache.model import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
 from cache.progress import ProgressFactory, no_progress
-from cache.pulling import BlobPuller
+from cache.pulling import BlobPuller, evicted_while_pulled
 from cache.refs import ImageRef
 from cache.registry.client import RegistryClient
 from cache.report import LayerReport, PullReport
@@ -79,13 +79,31 @@ def _stored_top(store: BlobStore, ref: ImageRef, name: str, options: RegistryPul
         if entry is None:
             return None
         digest = Descriptor.from_json(entry, f"index.json entry {name}").digest
-    if digest is None or not store.has(digest):
+    raw = _stored(store, digest) if digest is not None else None
+    if raw is None:
         return None
-    top = parse_manifest_or_index(store.read_bytes(digest), what=f"stored manifest {digest}")
+    top = parse_manifest_or_index(raw, what=f"stored manifest {digest}")
     chosen = _chosen_manifests(top, options)
     if any(not store.has(d.digest) or missing_blobs(store, d.digest) for d in chosen):
         return None
     return top
+
+
+def _stored(store: BlobStore, digest: Digest) -> bytes | None:
+    """A stored manifest's bytes; None when it is not stored (or a prune just evicted it): fetch it."""
+    try:
+        return store.read_bytes(digest)
+    except BlobNotFound:
+        return None
+
+
+def _read(store: BlobStore, digest: Digest) -> bytes:
+    """A manifest this pull stored or found stored; gone now means a prune evicted it meanwhile,
+    and the pull dispatcher runs the pull once more."""
+    try:
+        return store.read_bytes(digest)
+    except BlobNotFound:
+        raise evicted_while_pulled(digest) from None
 
 
 def _chosen_manifests(top: Manifest | Index, options: RegistryPullOptions) -> list[Descriptor]:
@@ -141,9 +159,8 @@ def _child_manifest(
     store: BlobStore, client: RegistryClient, ref: ImageRef, descriptor: Descriptor, remote: RemoteTier | None = None
 ) -> Manifest:
     """A platform's manifest: from the store when there, else fetched by digest (the remote first) and checked."""
-    if store.has(descriptor.digest):
-        raw = store.read_bytes(descriptor.digest)
-    else:
+    raw = _stored(store, descriptor.digest)
+    if raw is None:
         found = remote.manifest_by_digest(descriptor.digest) if remote else None
         raw, _ = found or client.get_manifest(ref.repository, str(descriptor.digest))
         if sha256_of(raw) != descriptor.digest:
@@ -164,7 +181,7 @@ def _what_to_record(
     if isinstance(top, Manifest) or options.all_platforms:
         return top, None
     chosen = top.choose(options.platform or Platform.host())
-    manifest = parse_manifest_or_index(store.read_bytes(chosen.digest), what=f"manifest {chosen.digest}")
+    manifest = parse_manifest_or_index(_read(store, chosen.digest), what=f"manifest {chosen.digest}")
     return manifest, chosen.platform
 
 
@@ -174,7 +191,7 @@ def _report_from_store(
     """Record (or refresh) a stored image and describe it; nothing is fetched."""
     layers: list[LayerReport] = []
     for descriptor in _chosen_manifests(top, options):
-        parsed = parse_manifest_or_index(store.read_bytes(descriptor.digest), what=f"manifest {descriptor.digest}")
+        parsed = parse_manifest_or_index(_read(store, descriptor.digest), what=f"manifest {descriptor.digest}")
         if isinstance(parsed, Manifest):
             for layer in parsed.layers:
                 diff_id = store.index.diff_id_of(layer.digest)
