@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
 from cache.digest import Digest
-from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest
+from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, evicted_while_read
 from cache.model import (
     MAX_MANIFEST_BYTES,
     Descriptor,
@@ -141,5 +141,5 @@ def load_manifest(store: BlobStore, ref: str, digest: Digest, platform: Platform
                 raise InvalidManifest(f"manifest of {ref}: nested index is not supported")
         config = parse_config(store.read_bytes(parsed.config.digest), f"config of {ref}")
     except BlobNotFound as error:
-        raise ImageNotFound(f"{ref} was evicted from the cache while in use; fetch it again ({error})") from None
+        raise evicted_while_read(ref, error) from None
     return CachedImage(store, ref, parsed, config)
