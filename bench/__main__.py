@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "serve": ("bench.serve", "serve against docker-registry, export against skopeo"),
     "remote": ("bench.remote", "a second machine's pull from the remote tier against one from the origin"),
     "prune": ("bench.prune", "prune of 10,000 blobs / 500 images; the policy check's cost after a write"),
+    "scale": ("bench.scale", "ls, du, gc, prune, verify at 10,000 images; one more image, full cache vs empty"),
     "workload": ("bench.workload", "a Big-Bang-like build end to end against skopeo/docker save (issue 8)"),
 }
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from bench.common import best_of, machine, markdown_table, timed
 from cache.digest import sha256_of
+from cache.index_json import REF_NAME
 from cache.policy import apply_after_write, set_value
 from cache.prune import PrunePolicy, plan_prune, prune
-from cache.store import REF_NAME, BlobStore
+from cache.store import BlobStore
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

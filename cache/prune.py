@@ -29,10 +29,11 @@ from typing import Any
 from cache.digest import Digest, parse_digest
 from cache.errors import BlobNotFound, ImageNotFound, InvalidDigest, LayerhoardError
 from cache.images import blobs_of
+from cache.index_json import ref_name_of
 from cache.lifecycle import in_use, sweep
 from cache.pins import pins as pinned_refs
 from cache.refs import DaemonSource, ImageRef, RegistrySource, parse_source
-from cache.store import BlobStore, ref_name_of
+from cache.store import BlobStore
 
 DEFAULT_PRUNE_GRACE = 600.0  # a pull that stored blobs 10 minutes ago and has not recorded them is dead
 # A pull touches its blobs just before or just after recording its image; only a use clearly after

@@ -27,9 +27,10 @@ from pathlib import Path
 from cache.compression import CorruptLayer, DiffIdHasher
 from cache.digest import Digest, hash_handle
 from cache.errors import BlobNotFound, LayerhoardError
+from cache.index_json import REF_NAME
 from cache.model import MAX_MANIFEST_BYTES, Descriptor, Manifest, compression_of, parse_config, parse_manifest_or_index
 from cache.pins import PINS_FILE, pin, pins
-from cache.store import REF_NAME, BlobStore
+from cache.store import BlobStore
 
 
 @dataclass

@@ -16,6 +16,7 @@ appears only once its content is complete and checked.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
@@ -35,12 +36,10 @@ from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
 from cache.folder import Folder, UnsafeFile
 from cache.fsutil import InUse, write_atomic
 from cache.index import DBNAME, MetadataIndex
+from cache.index_json import REF_NAME, NameFile, ref_name_of
 from cache.shared import make_dirs, share_meta, shared_mode
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
-REF_NAME = "org.opencontainers.image.ref.name"
-INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
-MAX_INDEX_JSON = 64 << 20  # index.json is read whole by every command: refuse one past this
 PUBLISHED_MODE = 0o444  # read-only for everyone: every blob we publish has this mode
 
 
@@ -256,6 +255,45 @@ def _open_partial(ingest: Folder, name: str) -> int | None:
         os.close(fd)
 
 
+class DeferredNames:
+    """Names queued by :meth:`BlobStore.deferred_names`, written to index.json in one go."""
+
+    MOST = 500  # names in one write
+    LONGEST = 5.0  # seconds a name may wait
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.failed: dict[str, str] = {}  # ref -> why it was not named
+        self._queue: dict[str, tuple[dict[str, object], Callable[[], None] | None]] = {}
+        self._since = 0.0
+
+    def add(self, ref: str, entry: dict[str, object], check: Callable[[], None] | None) -> None:
+        if not self._queue:
+            self._since = time.monotonic()
+        self._queue[ref] = (entry, check)
+        if len(self._queue) >= self.MOST or time.monotonic() - self._since >= self.LONGEST:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._queue:
+            return
+        queue, self._queue = self._queue, {}
+        store = self.store
+        with store.index_json_lock():
+            named = {ref_name_of(e) or "": e for e in store.images()}
+            for ref, (entry, check) in queue.items():
+                try:
+                    if check is not None:
+                        check()
+                except LayerhoardError as error:
+                    self.failed[ref] = str(error)
+                    continue
+                named[ref] = entry
+            entries = [named[ref] for ref in sorted(named)]
+            if entries != store.images():  # cached pulls of named images change nothing
+                store.names.write(entries)
+
+
 class UnsafeBlob(BlobNotFound):
     """A name in blobs/ that is not a blob we published (a link, a FIFO, a writable or private
     file): treated as absent, never read or served; verify moves it aside."""
@@ -272,6 +310,7 @@ class BlobStore:
         self.corrupt_dir = self.root / "corrupt"
         self.index_path = self.root / "index.json"
         self._index: MetadataIndex | None = None
+        self._deferred: DeferredNames | None = None
         self._init_layout()
 
     # -- layout --------------------------------------------------------------------------------
@@ -287,10 +326,11 @@ class BlobStore:
             raise LayerhoardError(f"cannot create cache folder {self.root}: {error.strerror}") from error
         if self.root_folder.lstat("oci-layout") is None:
             write_atomic(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
-        if self.root_folder.lstat("index.json") is None:
+        self.names = NameFile(self.root_folder)
+        if not self.names.exists():
             with self.index_json_lock():
-                if self.root_folder.lstat("index.json") is None:
-                    self._write_index_json([])
+                if not self.names.exists():
+                    self.names.write([])
 
     @property
     def index(self) -> MetadataIndex:
@@ -471,26 +511,7 @@ class BlobStore:
     # -- index.json ----------------------------------------------------------------------------
     def images(self) -> list[dict[str, object]]:
         """The descriptors of index.json, each with its ref name annotation."""
-        try:
-            fd = self.root_folder.open("index.json")
-        except FileNotFoundError:
-            return []
-        except UnsafeFile as error:
-            raise LayerhoardError(f"{error}: move it aside and pull the images again") from None
-        with os.fdopen(fd, "rb") as handle:
-            size = os.fstat(fd).st_size
-            if size > MAX_INDEX_JSON:  # 2,000 images take about 1 MB: this is damage, not a cache
-                raise LayerhoardError(
-                    f"{self.index_path} is {size} bytes, more than the {MAX_INDEX_JSON} an index of "
-                    "images may take; it is damaged or not ours: move it aside and pull the images again"
-                )
-            raw = handle.read(MAX_INDEX_JSON + 1)
-        try:
-            data = json.loads(raw)
-        except ValueError as error:
-            raise LayerhoardError(f"{self.index_path} is not valid JSON: {error}") from error
-        manifests = data.get("manifests", []) if isinstance(data, dict) else []
-        return [entry for entry in manifests if isinstance(entry, dict)]
+        return self.names.entries()
 
     def image_descriptor(self, ref: str) -> dict[str, object] | None:
         for entry in self.images():
@@ -508,16 +529,44 @@ class BlobStore:
         """
         entry = dict(descriptor)
         entry["annotations"] = {**dict(descriptor.get("annotations") or {}), REF_NAME: ref}  # type: ignore[call-overload]
+        if self._deferred is not None:
+            self._deferred.add(ref, entry, check)
+            return
         with self.index_json_lock():
             if check is not None:
                 check()
-            current = self.images()
-            if entry in current:
-                return  # already named so: a cached pull rewrites (and fsyncs) nothing
-            entries = [e for e in current if ref_name_of(e) != ref]
-            entries.append(entry)
-            entries.sort(key=lambda e: ref_name_of(e) or "")
-            self._write_index_json(entries)
+            self._name(ref, entry)
+
+    def _name(self, ref: str, entry: dict[str, object]) -> bool:
+        """Point ``ref`` at ``entry`` in index.json; the caller holds its lock. False when it did."""
+        current = self.images()
+        if entry in current:
+            return False  # already named so: a cached pull rewrites (and fsyncs) nothing
+        entries = [e for e in current if ref_name_of(e) != ref]
+        refs = [ref_name_of(e) or "" for e in entries]
+        entries.insert(bisect.bisect(refs, ref), entry)  # kept sorted by name
+        self.names.write(entries)
+        return True
+
+    @contextlib.contextmanager
+    def deferred_names(self) -> Iterator[DeferredNames]:
+        """Name images in index.json in batches instead of one write per image (warm of many images).
+
+        index.json is replaced whole, and its fsync grows with it: one more image in a cache of
+        10,000 cost 18 ms against 2.5 ms in an empty one. Inside this block :meth:`set_image` queues
+        the name; the queue is written (each image's completeness checked again under the lock) when
+        it holds ``DeferredNames.MOST`` names or is ``DeferredNames.LONGEST`` seconds old, and at the
+        end. A process killed meanwhile loses only those names: their blobs are stored, so pulling
+        them again costs a manifest request each. Names whose check fails at the write are left
+        out and listed in ``failed`` (their blobs were evicted meanwhile: pull them again).
+        """
+        deferred = DeferredNames(self)
+        self._deferred = deferred
+        try:
+            yield deferred
+        finally:
+            self._deferred = None
+            deferred.flush()
 
     def remove_image(self, ref: str) -> bool:
         with self.index_json_lock():
@@ -525,7 +574,7 @@ class BlobStore:
             kept = [e for e in entries if ref_name_of(e) != ref]
             if len(kept) == len(entries):
                 return False
-            self._write_index_json(kept)
+            self.names.write(kept)
             return True
 
     def index_json_lock(self) -> contextlib.AbstractContextManager[bool]:
@@ -534,11 +583,7 @@ class BlobStore:
 
     def replace_images(self, entries: list[dict[str, object]]) -> None:
         """Write index.json with exactly ``entries``; the caller holds :meth:`index_json_lock`."""
-        self._write_index_json(entries)
-
-    def _write_index_json(self, entries: list[dict[str, object]]) -> None:
-        document = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
-        write_atomic(self.index_path, json.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
+        self.names.write(entries)
 
     # -- verify --------------------------------------------------------------------------------
     def verify(self, *, full: bool = False, repair: bool = False) -> tuple[int, list[CorruptBlob]]:
@@ -608,11 +653,3 @@ def _check_meta_files(meta: Folder, store: BlobStore) -> None:
     info = meta.lstat(DBNAME)
     if info is not None and info.st_size == 0 and next(iter(store.digests()), None) is not None:
         raise sqlite3.DatabaseError(f"{DBNAME} is empty")
-
-
-def ref_name_of(entry: dict[str, object]) -> str | None:
-    annotations = entry.get("annotations")
-    if isinstance(annotations, dict):
-        name = annotations.get(REF_NAME)
-        return name if isinstance(name, str) else None
-    return None

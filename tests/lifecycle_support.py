@@ -10,7 +10,8 @@ from pathlib import Path
 
 from cache.digest import parse_digest
 from cache.images import missing_blobs
-from cache.store import REF_NAME, BlobStore
+from cache.index_json import REF_NAME
+from cache.store import BlobStore
 from tests.images import TestImage, build_image, push, random_layer
 from tests.services import Registry
 

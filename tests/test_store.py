@@ -31,9 +31,10 @@ import pytest
 from cache.digest import Digest, hash_file, parse_digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, SizeMismatch
 from cache.images import load_image, record_image
+from cache.index_json import REF_NAME
 from cache.lifecycle import gc
 from cache.model import parse_manifest_or_index
-from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore
+from cache.store import LAYOUT_VERSION, BlobStore
 from tests.images import TestImage as BuiltImage  # aliased so pytest does not collect it
 from tests.images import build_image, random_layer
 from tests.services import skopeo

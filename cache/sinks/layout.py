@@ -24,8 +24,9 @@ from cache.digest import Digest
 from cache.errors import LayerhoardError
 from cache.folder import Folder
 from cache.fsutil import replacing, write_atomic
+from cache.index_json import REF_NAME, encode_document, encode_line, ref_name_of
 from cache.model import OCI_INDEX, Descriptor
-from cache.store import LAYOUT_VERSION, REF_NAME, BlobStore, ref_name_of
+from cache.store import LAYOUT_VERSION, BlobStore
 
 
 @dataclass
@@ -115,6 +116,6 @@ def _name_in_index(path: Path, manifest: Descriptor, ref_name: str) -> bool:
     others = [e for e in entries if not (isinstance(e, dict) and ref_name_of(e) == ref_name)]
     if len(others) == len(entries) - 1 and entry in entries:
         return False
-    document["manifests"] = [*others, entry]
-    write_atomic(path, json.dumps(document, indent=2).encode() + b"\n")
+    extra = {key: value for key, value in document.items() if key != "manifests"}  # kept as they were
+    write_atomic(path, encode_document([encode_line(e) for e in [*others, entry]], extra))
     return True

@@ -16,12 +16,13 @@ from pathlib import Path
 from cache.digest import sha256_of
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidReference, SourceError
 from cache.images import record_image
+from cache.index_json import REF_NAME
 from cache.model import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index
 from cache.progress import ProgressFactory, no_progress
 from cache.pulling import BlobPuller, Fetch
 from cache.refs import ImageRef, LayoutSource
 from cache.report import PullReport
-from cache.store import REF_NAME, BlobStore
+from cache.store import BlobStore
 
 READ_CHUNK = 1 << 20
 

@@ -9,12 +9,13 @@ import click
 from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest
 from cache.images import blobs_of
+from cache.index_json import ref_name_of
 from cache.lifecycle import gc as run_gc
 from cache.lifecycle import usage
 from cache.pins import pins as pinned_refs
 from cache.prune import blob_sizes
 from cache.rebuild import rebuild_index as rebuild_store_index
-from cache.store import BlobStore, ref_name_of
+from cache.store import BlobStore
 from cache.units import format_size, parse_duration
 from cli.output import Context, pass_context
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from cache.index_json import REF_NAME
 from cache.prune import resolve_ref
 from cache.sources import DEFAULT_JOBS
-from cache.store import REF_NAME, BlobStore
+from cache.store import BlobStore
 from cache.tier import PushSummary, push_cached
 from cli.output import Context, pass_context
 from cli.remote import open_remote, remote_options
