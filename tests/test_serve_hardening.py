@@ -211,7 +211,7 @@ def test_full_disk_during_push_is_a_clear_error(small_fs: Path) -> None:  # noqa
     BlobStore(cache).close()
     data = os.urandom(6_000_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with serve_process(cache) as (address, log):
+    with serve_process(cache, "-q") as (address, log):  # -q: no access log; the 507 line shows regardless
         url = f"http://{address[0]}:{address[1]}/v2/full/app/blobs/uploads/"
         response = requests.post(f"{url}?digest={digest}", data=data)
         assert response.status_code == 507, response.text

@@ -4,8 +4,10 @@
     server.serve_forever()
 
 Read side always; pushes with ``allow_push``; misses fetched from ``upstreams`` (pull-through).
-Python's ThreadingHTTPServer is enough here: one thread per connection, blob bodies leave through
-sendfile, so Python touches headers and manifests only.
+Connections are held by one listener thread and requests run on a bounded pool of workers
+(listener.py: idle and half-sent requests cost no thread); blob bodies leave through sendfile, so
+Python touches headers and manifests only. Every request is counted (metrics.py, ``/metrics``) and,
+with ``access_log``, logged in one line.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 
 from cache.errors import LayerhoardError
 from cache.refs import DEFAULT_REGISTRY
 from cache.server.handler import RegistryHandler
+from cache.server.listener import Connection, Listener
+from cache.server.metrics import Family, Metrics
 from cache.server.names import normalise_registry
-from cache.server.uploads import DEFAULT_EXPIRY, DEFAULT_LIMIT, Uploads
+from cache.server.uploads import DEFAULT_EXPIRY, DEFAULT_LIMIT, DEFAULT_MAX_SIZE, Uploads
 from cache.server.upstream import Upstreams
 from cache.store import BlobStore
 
@@ -38,23 +41,30 @@ class ServeOptions:
     read_timeout: float = 60.0  # seconds a client may stay silent mid-request before it is dropped
     upload_expiry: float = DEFAULT_EXPIRY  # seconds an upload session may stay idle
     max_uploads: int = DEFAULT_LIMIT  # upload sessions open at once; more get 429
+    max_upload_size: int = DEFAULT_MAX_SIZE  # bytes one pushed blob may hold; more get 413
+    access_log: Callable[[str], None] | None = None  # one line per request (the default; -q: None)
+    workers: int = 64  # requests served at once; more wait for a worker, connections wait for free
+    max_connections: int = 4096  # open at once (lowered to fit the file limit); more get 503
+    header_timeout: float = 20.0  # seconds a request head may take to arrive
+    idle_timeout: float = 120.0  # seconds a keep-alive connection may wait for its next request
 
 
-class RegistryServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # bursts of parallel blob fetches must not be refused
-
+class RegistryServer(Listener):
     def __init__(self, address: tuple[str, int], store: BlobStore, options: ServeOptions) -> None:
         self.store = store
         self.default_registry = normalise_registry(options.default_registry)
         self.allow_push = options.allow_push
-        self.read_timeout = options.read_timeout
         self.upstreams = Upstreams(store, options.upstreams, self._log_fetch) if options.upstreams else None
         self._log = options.log
         self._warn = options.warn or options.log
+        self.access_log = options.access_log
+        self.metrics = Metrics()
         self.upstream_fetches: list[str] = []  # what went upstream, for tests and stats
-        super().__init__(address, RegistryHandler)
-        self.uploads = Uploads(store, options.upload_expiry, options.max_uploads)  # bound: start its sweeper
+        super().__init__(address, workers=options.workers, max_connections=options.max_connections,
+                         header_timeout=options.header_timeout, idle_timeout=options.idle_timeout,
+                         read_timeout=options.read_timeout)
+        self.uploads = Uploads(store, options.upload_expiry, options.max_uploads,  # bound: start its sweeper
+                               options.max_upload_size)
 
     @property
     def url(self) -> str:
@@ -84,8 +94,25 @@ class RegistryServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
 
+    def serve_request(self, connection: Connection) -> bool:
+        """One request on a worker (the listener has its head): True keeps the connection."""
+        return not RegistryHandler(connection, connection.address, self).close_connection  # type: ignore[arg-type]
+
+    def metrics_text(self) -> str:
+        """``/metrics``: the request counters, and gauges read from the listener and the uploads."""
+        counts = dict(self.uploads.counts)
+        return self.metrics.render([
+            Family("layerhoard_uploads_total", "counter", "Blob uploads started, completed and expired.",
+                   [({"event": event}, count) for event, count in counts.items()]),
+            Family("layerhoard_open_connections", "gauge", "Client connections open now.",
+                   [({}, self.open_connections)]),
+            Family("layerhoard_refused_connections_total", "counter", "Connections refused (503) at the cap.",
+                   [({}, self.refused_connections)]),
+        ])
+
     def _log_fetch(self, what: str) -> None:
         self.upstream_fetches.append(what)
+        self.metrics.upstream_fetch(what.split(" ", 1)[0].rstrip(":"))  # manifest, blob or failed
         self.log(f"upstream fetch: {what}")
 
     def server_close(self) -> None:

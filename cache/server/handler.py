@@ -4,6 +4,10 @@ Handlers stay small: each route turns a request into store calls (content.py, up
 upstream.py) and a response. Every failure is a :class:`RegistryError` answered as the spec's JSON;
 anything unexpected is logged and answered as UNKNOWN (500) without a traceback; a full disk is 507.
 
+A handler object answers one request (the listener in listener.py keeps the connection between
+requests), counts it in the server's metrics and writes its access-log line. A small response
+leaves in one send.
+
 Nothing from the client is trusted: the body's framing is checked before anything else (bad
 framing closes the connection), every header written goes through :func:`check_header` (no
 CR/LF, nothing but visible ASCII and spaces), and client text in a log line is escaped.
@@ -11,12 +15,16 @@ CR/LF, nothing but visible ASCII and spaces), and client text in a log line is e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, BinaryIO
+from io import BufferedIOBase
+from typing import TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
 from cache.digest import Digest
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 1 << 20
 SENDFILE_MAX = 1 << 30
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _LENGTH = re.compile(r"[0-9]{1,18}")  # more digits than any disk holds is an attack, not a blob
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
@@ -56,6 +65,46 @@ def escaped(text: str) -> str:
     """Client text made safe for a log line: control and non-ASCII characters as escapes."""
     return text.encode("unicode_escape").decode("ascii")
 
+
+def access_line(client: str, user: str, request: str, status: int, sent: int, seconds: float, agent: str) -> str:
+    """One request as registries log it (the combined log format, and the time taken):
+    ``127.0.0.1 - alice [2025-01-31T12:00:00Z] "GET /v2/ HTTP/1.1" 200 2 0.001s "curl/8.0"``.
+    Client text is escaped, quotes included, so a line is one line and its fields stay apart."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return (f'{client} - {_quoted(user) or "-"} [{when}] "{_quoted(request)}" {status} {sent} {seconds:.3f}s '
+            f'"{_quoted(agent)}"')
+
+
+def _quoted(text: str) -> str:
+    return escaped(text).replace('"', "\\x22") if text else ""
+
+
+class _Writer:
+    """The handler's wfile: sendall per write, or held and sent as one piece (no small second send)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._held is not None:
+            self._held.append(bytes(data))
+        else:
+            self._sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = []
+        try:
+            yield
+        finally:
+            pieces, self._held = self._held, None
+        self._sock.sendall(b"".join(pieces))
+
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/v2/?"), "base"),
     (re.compile(r"/v2/_catalog"), "catalog"),
@@ -64,10 +113,12 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), "upload_start"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"), "blob"),
+    (re.compile(r"/metrics"), "metrics"),
 ]
 _METHODS = {
     "base": ("GET", "HEAD"), "catalog": ("GET",), "tags": ("GET",), "manifest": ("GET", "HEAD", "PUT"),
     "upload_start": ("POST",), "upload": ("GET", "PATCH", "PUT", "DELETE"), "blob": ("GET", "HEAD"),
+    "metrics": ("GET",),
 }
 _PUSH = {("manifest", "PUT"), ("upload_start", "POST"), ("upload", "GET"), ("upload", "PATCH"),
          ("upload", "PUT"), ("upload", "DELETE")}
@@ -97,9 +148,44 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    # -- one request per handler: the listener holds the connection between requests ---------------
     def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.read_timeout)  # a client idle this long is dropped
+        self.connection = self.request.sock  # a listener.Connection; its worker set the read timeout
+        self.rfile = cast(BufferedIOBase, self.request)  # the head is in its buffer already
+        self._writer = _Writer(self.connection)
+        self.wfile = cast(BufferedIOBase, self._writer)
+
+    def handle(self) -> None:
+        self._started = time.monotonic()
+        self._status, self._sent, self._route_name = 0, 0, "none"
+        self._cache_result: tuple[str, str] | None = None
+        self.close_connection = True
+        self.handle_one_request()
+        if self._status:
+            self._record()
+
+    def finish(self) -> None:
+        """Nothing to close: the connection goes back to the listener, or the listener closes it."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """http.server calls this with each status it sends: kept for the access log and metrics."""
+        self._status = int(code) if isinstance(code, int) else 0
+
+    def _record(self) -> None:
+        metrics = self.server.metrics
+        metrics.request(self._route_name, self.command or "-", self._status, self._sent)
+        if self._cache_result is not None:
+            metrics.cache(*self._cache_result)
+        if self.server.access_log is not None:
+            agent = self.headers.get("User-Agent", "") if self.headers else ""
+            self.server.access_log(access_line(self.client_address[0], str(getattr(self, "user", "") or ""),
+                                               self.requestline, self._status, self._sent,
+                                               time.monotonic() - self._started, agent))
+
+    def _cache(self, kind: str, result: str) -> None:
+        """Where a blob or manifest came from; a fetch upstream stays the answer once it is."""
+        if self._cache_result is None or self._cache_result[1] != "upstream":
+            self._cache_result = (kind, result)
 
     def _dispatch(self, method: str) -> None:
         self._body_read = False
@@ -128,6 +214,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
             raise RegistryError("NAME_INVALID", "malformed request target") from None
         self.query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         route, params = _match(url.path)
+        self._route_name = route
         if method not in _METHODS[route]:
             raise RegistryError("UNSUPPORTED", f"{method} is not allowed here", {"allowed": list(_METHODS[route])})
         if (route, method) in _PUSH and not self.server.allow_push:
@@ -173,10 +260,13 @@ class RegistryHandler(BaseHTTPRequestHandler):
         pinned = isinstance(reference, Digest)
         digest = reference if isinstance(reference, Digest) else self._tag_digest(repo, reference, params["name"])
         body = content.stored_manifest(store, digest)
+        self._cache("manifest", "hit")
         if body is None and pinned and upstreams is not None and upstreams.covers(repo):
             upstreams.manifest(repo, digest)
             body = content.stored_manifest(store, digest)
+            self._cache("manifest", "upstream")
         if body is None:
+            self._cache_result = ("manifest", "miss")
             raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"digest": str(digest)})
         body = content.negotiate(store, body, content.accepted_types(self.headers.get_all("Accept") or []), pinned)
         self._send(200, body.raw, {"Content-Type": body.media_type, "Docker-Content-Digest": str(body.digest),
@@ -193,6 +283,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         digest = content.tagged_digest(store, repo, tag)
         if digest is not None:
             return digest
+        self._cache_result = ("manifest", "miss")
         if content.known_name(store, repo):
             raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"tag": tag})
         raise RegistryError("NAME_UNKNOWN", "repository name not known to registry", {"name": name})
@@ -204,9 +295,12 @@ class RegistryHandler(BaseHTTPRequestHandler):
         except BlobNotFound:
             upstreams = self.server.upstreams
             if upstreams is None or not upstreams.covers(repo):
+                self._cache("blob", "miss")
                 raise RegistryError("BLOB_UNKNOWN", "blob unknown to registry", {"digest": str(digest)}) from None
+            self._cache("blob", "upstream")
             self._blob_miss(method, repo, digest)
             return
+        self._cache("blob", "hit")
         with handle:
             size = os.fstat(handle.fileno()).st_size
             first, last = self._blob_headers(digest, size, method)
@@ -252,6 +346,9 @@ class RegistryHandler(BaseHTTPRequestHandler):
             except RegistryError:
                 self.close_connection = True  # headers are out: a cut stream is the only signal left
 
+    def _metrics(self, method: str, repo: None, params: dict[str, str]) -> None:
+        self._send(200, self.server.metrics_text().encode(), {"Content-Type": METRICS_TYPE})
+
     # -- push side -----------------------------------------------------------------------------
     def _upload_start(self, method: str, repo: Repository, params: dict[str, str]) -> None:
         store = self.server.store
@@ -273,13 +370,13 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def _upload_patch(self, method: str, repo: Repository, params: dict[str, str]) -> None:
         upload = self.server.uploads.get(repo, params["upload"])
         match = _CONTENT_RANGE.fullmatch(self.headers.get("Content-Range", ""))
-        size = self.server.uploads.append(upload, self._body(), int(match.group(1)) if match else None)
+        size = self.server.uploads.append(upload, self._body(), int(match.group(1)) if match else None, self._framing)
         self._upload_status(202, params["name"], upload.id, size)
 
     def _upload_put(self, method: str, repo: Repository, params: dict[str, str]) -> None:
         upload = self.server.uploads.get(repo, params["upload"])
         digest = content.checked_digest(self.query.get("digest", ""))
-        self.server.uploads.finish(upload, digest, self._body())
+        self.server.uploads.finish(upload, digest, self._body(), self._framing)
         self._created(f"/v2/{params['name']}/blobs/{digest}", digest)
 
     def _upload_get(self, method: str, repo: Repository, params: dict[str, str]) -> None:
@@ -373,9 +470,11 @@ class RegistryHandler(BaseHTTPRequestHandler):
         super().send_header(keyword, value)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], head_only: bool = False) -> None:
-        self._head(status, {**headers, "Content-Length": str(len(body))})
-        if body and not head_only:
-            self.wfile.write(body)
+        with self._writer.held():  # head and body in one send
+            self._head(status, {**headers, "Content-Length": str(len(body))})
+            if body and not head_only:
+                self.wfile.write(body)
+                self._sent += len(body)
 
     def _json(self, document: object, headers: dict[str, str]) -> None:
         self._send(200, json.dumps(document).encode(), {"Content-Type": "application/json", **headers})
@@ -403,6 +502,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
                 raise BrokenPipeError("file ended early")
             offset += sent
             count -= sent
+            self._sent += sent
 
     def log_message(self, format: str, *args: object) -> None:
         """http.server's lines (the request line, its own errors) hold client text: escaped."""

@@ -4,9 +4,11 @@ Every pushed body is spooled to an ``upload-*`` file under the store's ingest/, 
 (:class:`InUse`: gc leaves it alone while serve runs, and the mark dies with the process), and
 hashed there without any lock held: a client that stalls mid-body delays nobody else. Only the
 checked, complete file is published, under the digest's lock for a moment (BlobStore.adopt).
-Chunked sessions expire after ``expiry`` seconds idle (a sweeper thread removes their files) and at
-most ``limit`` are open at once. A manifest is stored only when every blob it names is, and a tag is
-recorded through cache.images.record_image, so index.json never names an incomplete image.
+Chunked sessions expire after ``expiry`` seconds idle (a sweeper thread removes their files), at
+most ``limit`` are open at once, and no blob grows past ``max_size`` bytes (413 SIZE_INVALID: a
+body that announces more is refused before it is read, a chunked one once it passes the cap).
+A manifest is stored only when every blob it names is, and a tag is recorded through
+cache.images.record_image, so index.json never names an incomplete image.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +34,7 @@ from cache.store import BlobStore, disk_full
 
 DEFAULT_EXPIRY = 3600.0  # an upload idle this long (seconds) is abandoned
 DEFAULT_LIMIT = 1000  # open upload sessions at once
+DEFAULT_MAX_SIZE = 20 * 1024**3  # bytes one pushed blob may hold: larger than any real layer, smaller than a disk
 _READ = 1 << 20
 
 
@@ -53,10 +56,13 @@ class Upload:
 class Uploads:
     """Upload sessions of one server process, and the spooling of every pushed blob body."""
 
-    def __init__(self, store: BlobStore, expiry: float = DEFAULT_EXPIRY, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, store: BlobStore, expiry: float = DEFAULT_EXPIRY, limit: int = DEFAULT_LIMIT,
+                 max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.store = store
         self.expiry = expiry
         self.limit = limit
+        self.max_size = max_size
+        self.counts = {"started": 0, "completed": 0, "expired": 0}  # for /metrics; under _lock
         self._sessions: dict[str, Upload] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,6 +79,7 @@ class Uploads:
                                     "one, or retry later")
             upload = Upload(upload_id, repo, InUse(self.store.ingest_folder, f"upload-{upload_id}"))
             self._sessions[upload_id] = upload
+        self._count("started")
         return upload
 
     def get(self, repo: Repository, upload_id: str) -> Upload:
@@ -85,9 +92,10 @@ class Uploads:
         upload.touched = time.monotonic()
         return upload
 
-    def append(self, upload: Upload, chunks: Iterable[bytes], start: int | None) -> int:
+    def append(self, upload: Upload, chunks: Iterable[bytes], start: int | None, announced: int | None = None) -> int:
         """Add a chunk; ``start`` (from Content-Range) must be where the upload stands. A chunk that
-        fails half way is cut off again, so the session stays where it was."""
+        fails half way is cut off again, so the session stays where it was. ``announced`` is the
+        body's Content-Length (None when chunked)."""
         with upload.lock:
             self._check_open(upload)
             if start is not None and start != upload.size:
@@ -96,7 +104,7 @@ class Uploads:
             try:
                 with os.fdopen(upload.mark.writable(), "r+b") as out:  # the marked file itself, not its name
                     out.seek(upload.size)
-                    upload.size += write_chunks(out, chunks)
+                    upload.size += write_chunks(out, self._capped(chunks, upload.size, announced))
             except BaseException:
                 with contextlib.suppress(OSError, ValueError):  # ValueError: cancelled meanwhile
                     os.ftruncate(upload.mark.fd, upload.size)
@@ -105,15 +113,16 @@ class Uploads:
                 upload.touched = time.monotonic()
             return upload.size
 
-    def finish(self, upload: Upload, digest: Digest, chunks: Iterable[bytes]) -> None:
+    def finish(self, upload: Upload, digest: Digest, chunks: Iterable[bytes], announced: int | None = None) -> None:
         """Take the last chunk and publish the whole upload under ``digest`` if it hashes to it."""
         try:
-            self.append(upload, chunks, None)
+            self.append(upload, chunks, None, announced)
             with upload.lock:
                 self._check_open(upload)
                 hasher = _hashed(upload.mark.fd)
                 os.fsync(upload.mark.fd)
                 publish(self.store, upload.mark, digest, hasher, None, f"push:{upload.repo.full}")
+            self._count("completed")
         finally:
             self.cancel(upload)
 
@@ -126,6 +135,8 @@ class Uploads:
     # -- monolithic pushes ---------------------------------------------------------------------
     def spool(self, repo: Repository, digest: Digest, chunks: Iterable[bytes], size: int | None) -> None:
         """A whole blob in one request: written and hashed under ingest/ first, published after."""
+        chunks = self._capped(chunks, 0, size)
+        self._count("started")
         with InUse(self.store.ingest_folder, f"upload-{uuid.uuid4().hex}") as mark:
             hasher = Hasher()
             with os.fdopen(mark.writable(), "wb") as out:
@@ -133,6 +144,30 @@ class Uploads:
                 out.flush()
                 os.fsync(out.fileno())
             publish(self.store, mark, digest, hasher, size, f"push:{repo.full}")
+        self._count("completed")
+
+    # -- the size cap --------------------------------------------------------------------------
+    def _capped(self, chunks: Iterable[bytes], already: int, announced: int | None) -> Iterator[bytes]:
+        """``chunks``, refused (413) once the blob would pass ``max_size``; an announced length that
+        would is refused before a byte is read."""
+        if announced is not None and already + announced > self.max_size:
+            raise self._too_large()
+        return self._counted(chunks, already)
+
+    def _counted(self, chunks: Iterable[bytes], already: int) -> Iterator[bytes]:
+        for chunk in chunks:
+            already += len(chunk)
+            if already > self.max_size:
+                raise self._too_large()
+            yield chunk
+
+    def _too_large(self) -> RegistryError:
+        return RegistryError("SIZE_INVALID", f"a blob may hold at most {self.max_size} bytes here "
+                             "(serve --max-upload-size)", {"max": self.max_size}, status=413)
+
+    def _count(self, event: str) -> None:
+        with self._lock:
+            self.counts[event] += 1
 
     # -- expiry --------------------------------------------------------------------------------
     def sweep(self) -> None:
@@ -140,7 +175,8 @@ class Uploads:
         with self._lock:
             stale = [upload for upload in self._sessions.values() if self._expired(upload)]
         for upload in stale:
-            self._drop_if_idle(upload)
+            if self._drop_if_idle(upload):
+                self._count("expired")
 
     def close(self) -> None:
         """Stop sweeping and drop every idle session (a session in use ends with its request)."""
