@@ -13,12 +13,14 @@ with ``access_log``, logged in one line.
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cache.errors import LayerhoardError
 from cache.refs import DEFAULT_REGISTRY
+from cache.server.auth import Authenticator, check_listen
 from cache.server.handler import RegistryHandler
 from cache.server.listener import Connection, Listener
 from cache.server.metrics import Family, Metrics
@@ -47,6 +49,9 @@ class ServeOptions:
     max_connections: int = 4096  # open at once (lowered to fit the file limit); more get 503
     header_timeout: float = 20.0  # seconds a request head may take to arrive
     idle_timeout: float = 120.0  # seconds a keep-alive connection may wait for its next request
+    tls: ssl.SSLContext | None = None  # HTTPS (tls.server_context)
+    auth: Authenticator | None = None  # basic auth and the push role (auth.py); None: no credentials asked
+    insecure_listen: bool = False  # beyond loopback without TLS and auth: warn instead of refusing
 
 
 class RegistryServer(Listener):
@@ -54,6 +59,7 @@ class RegistryServer(Listener):
         self.store = store
         self.default_registry = normalise_registry(options.default_registry)
         self.allow_push = options.allow_push
+        self.auth = options.auth
         self.upstreams = Upstreams(store, options.upstreams, self._log_fetch) if options.upstreams else None
         self._log = options.log
         self._warn = options.warn or options.log
@@ -65,17 +71,18 @@ class RegistryServer(Listener):
                          read_timeout=options.read_timeout)
         self.uploads = Uploads(store, options.upload_expiry, options.max_uploads,  # bound: start its sweeper
                                options.max_upload_size)
+        self.tls_context = options.tls  # the listener does each connection's handshake (listener.py)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         host = host if isinstance(host, str) else host.decode()
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}"
+        return f"{'https' if self.tls_context else 'http'}://{shown}:{port}"
 
     @property
     def host(self) -> str:
-        return self.url[len("http://"):]
+        return self.url.partition("://")[2]
 
     def log(self, message: str) -> None:
         if self._log is not None:
@@ -138,6 +145,10 @@ def make_server(store: BlobStore, options: ServeOptions | None = None) -> Regist
     """A bound server; call ``serve_forever()`` (and ``shutdown()`` from another thread to stop)."""
     options = options or ServeOptions()
     host, port = parse_listen(options.listen)
+    warning = check_listen(options.listen, host, tls=options.tls is not None, auth=options.auth is not None,
+                           allow_push=options.allow_push, insecure=options.insecure_listen)
+    if warning is not None:
+        (options.warn or stderr_log)(warning)
     kind = _RegistryServer6 if ":" in host else RegistryServer
     try:
         return kind((host, port), store, options)

@@ -32,6 +32,7 @@ from cache.errors import BlobNotFound
 from cache.folder import UnsafeFile
 from cache.model import MAX_MANIFEST_BYTES
 from cache.server import content
+from cache.server.auth import Unauthorized
 from cache.server.errors import RegistryError, disk_full_error
 from cache.server.names import Repository, normalise_registry, resolve
 from cache.server.uploads import put_manifest
@@ -197,6 +198,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
             self._error(error)
             return
         try:
+            self._authorize(method)
             self._route(method)
         except RegistryError as error:
             self._error(error)
@@ -206,6 +208,16 @@ class RegistryHandler(BaseHTTPRequestHandler):
             self._failed(error)
         if not self._body_read and self._framing != 0:
             self.close_connection = True  # the unread (or unframed) body would be taken for the next request
+
+    def _authorize(self, method: str) -> None:
+        """The one authentication check, before routing: no credentials, no answer (auth.py)."""
+        if self.server.auth is None:
+            return
+        try:
+            self.user = self.server.auth.check(method, self.path, self.headers.get("Authorization"))
+        except Unauthorized as error:
+            self._extra.update(error.headers)  # the challenge: clients send credentials once they see it
+            raise
 
     def _route(self, method: str) -> None:
         try:
