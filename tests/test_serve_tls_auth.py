@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bcrypt
 import pytest
@@ -30,9 +31,11 @@ from cache.store import BlobStore
 from tests.clients import Containerd, Podman, start_containerd, start_podman
 from tests.images import build_image, random_layer
 from tests.lifecycle_support import REPO_ROOT, run_cli
-from tests.pki import Pki, make_pki
 from tests.services import Daemon, free_port, in_thread, skopeo, unavailable, wait_until
 from tests.test_serve import cached, errors_of
+
+if TYPE_CHECKING:
+    from tests.pki import Pki
 
 READER, PUSHER = ("reader", "read-secret"), ("pusher", "push-secret")
 
@@ -59,6 +62,11 @@ def htpasswd_line(user: str, password: str) -> bytes:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    try:
+        from tests.pki import make_pki
+    except ImportError:  # cryptography: a test dependency, not one of layerhoard's
+        unavailable("the cryptography package is not installed (pip install cryptography)")
+        raise
     return make_pki(tmp_path_factory.mktemp("pki"), ["127.0.0.1", "::1", *([OUTSIDE] if OUTSIDE else [])])
 
 
