@@ -93,6 +93,10 @@ class Folder:
     def open(self, name: str, flags: int = os.O_RDONLY) -> int:
         """Open the existing regular file ``name`` (on the cache's file system); refuse anything else
         with :class:`UnsafeFile`. FileNotFoundError when there is none."""
+        return self.open_stat(name, flags)[0]
+
+    def open_stat(self, name: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
+        """:meth:`open`, with the ``fstat`` it checked."""
         try:
             fd = os.open(name, flags | _READ_FLAGS, dir_fd=self.fd)
         except OSError as error:
@@ -101,12 +105,13 @@ class Folder:
             if error.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
                 raise UnsafeFile(f"{self.path / name} is a FIFO, not a file of the cache") from None
             raise
-        try:
-            check_regular(fd, self.path / name, self.device)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_dev == self.device:
+            return fd, info
+        os.close(fd)
+        if stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(f"{self.path / name} is on another file system than the cache")
+        raise UnsafeFile(f"{self.path / name} is {kind_of(info.st_mode)}, not a file of the cache")
 
     def create(self, name: str, mode: int = 0o644) -> int:
         """Make ``name`` anew (``O_EXCL``), removing whatever stood under that name: a leftover of a
@@ -209,16 +214,6 @@ class Folder:
                 return
             finally:
                 os.close(fd)  # closing the descriptor releases the lock
-
-
-def check_regular(fd: int, path: Path, device: int | None = None) -> os.stat_result:
-    """fstat ``fd``: a regular file (on ``device`` when given), else :class:`UnsafeFile`."""
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafeFile(f"{path} is {kind_of(info.st_mode)}, not a file of the cache")
-    if device is not None and info.st_dev != device:
-        raise UnsafeFile(f"{path} is on another file system than the cache")
-    return info
 
 
 def _open_child(parent: int, name: str, path: Path, make: bool, mode: int | None) -> int:

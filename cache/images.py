@@ -18,6 +18,7 @@ from cache.model import (
     Index,
     Manifest,
     Platform,
+    children_of,
     parse_config,
     parse_manifest_or_index,
 )
@@ -67,18 +68,16 @@ def blobs_of(store: BlobStore, root: Digest) -> Iterator[Digest]:
         try:
             if store.size(digest) > MAX_MANIFEST_BYTES:
                 continue  # not a manifest: never read a big blob into memory
-            parsed = parse_manifest_or_index(store.read_bytes(digest), what=f"manifest {digest}")
+            children = children_of(store.read_bytes(digest), what=f"manifest {digest}")
         except (InvalidManifest, BlobNotFound):
             continue  # missing or damaged: nothing below it can be named
-        if isinstance(parsed, Index):
-            pending.extend(entry.digest for entry in parsed.manifests)
-        else:
-            seen.add(parsed.config.digest)
-            yield parsed.config.digest
-            for layer in parsed.layers:
-                if layer.digest not in seen:
-                    seen.add(layer.digest)
-                    yield layer.digest
+        if children.is_index:
+            pending.extend(children.digests)
+            continue
+        for leaf in children.digests:  # config and layers: never read
+            if leaf not in seen:
+                seen.add(leaf)
+                yield leaf
 
 
 def missing_blobs(store: BlobStore, root: Digest) -> list[Digest]:

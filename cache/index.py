@@ -89,11 +89,24 @@ class MetadataIndex:
         self._cache.set(key, json.dumps(value, sort_keys=True))
 
     def _iter(self, prefix: str) -> Iterator[tuple[str, Any]]:
-        for key in list(self._cache.iterkeys()):
-            if isinstance(key, str) and key.startswith(prefix):
-                value = self._get(key)
-                if value is not None:
-                    yield key[len(prefix):], value
+        """Every (key after ``prefix``, value) under one prefix, in one range query on the key index
+        (diskcache's iterkeys walks every key: 4 s for the pins of a cache of 100,000 blobs)."""
+        for key, raw in self._range(prefix, "value"):
+            if isinstance(raw, str):
+                yield key, json.loads(raw)
+
+    def _field(self, prefix: str, field: str) -> dict[str, Any]:
+        """One field of every JSON value under ``prefix``, read by SQLite (no JSON parsed here)."""
+        return dict(self._range(prefix, f"json_extract(value, '$.{field}')"))
+
+    def _range(self, prefix: str, column: str) -> list[tuple[str, Any]]:
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        with contextlib.closing(sqlite3.connect(self._db_path, timeout=60)) as connection:
+            rows = connection.execute(  # ``column`` is one of ours, never input
+                f"SELECT key, {column} FROM Cache WHERE key >= ? AND key < ? AND raw = 1 AND mode = ?",
+                (prefix, end, diskcache.core.MODE_RAW),
+            ).fetchall()
+        return [(key[len(prefix):], value) for key, value in rows if isinstance(key, str)]
 
     # -- blobs ---------------------------------------------------------------------------------
     def record_blob(self, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None) -> None:
@@ -136,6 +149,14 @@ class MetadataIndex:
                 else:
                     self._cache.delete(f"diffid/{diff_id}")
 
+    def blake3_of_blobs(self) -> dict[str, str]:
+        """The blake3 recorded at ingest of every blob, by digest string, in one query (verify)."""
+        return {name: value for name, value in self._field("blob/", "blake3").items() if isinstance(value, str)}
+
+    def last_used_of_blobs(self) -> dict[str, float]:
+        """When each recorded blob was last written or used, by digest string, in one query."""
+        return {name: float(value or 0) for name, value in self._field("blob/", "last_used").items()}
+
     def blobs(self) -> Iterator[tuple[Digest, JsonDict]]:
         for name, value in self._iter("blob/"):
             yield parse_digest(name), value
@@ -170,6 +191,10 @@ class MetadataIndex:
 
     def images(self) -> Iterator[tuple[str, JsonDict]]:
         yield from self._iter("image/")
+
+    def last_used_of_images(self) -> dict[str, float]:
+        """When each recorded image was last pulled or used, by ref, in one query."""
+        return {ref: float(value or 0) for ref, value in self._field("image/", "last_used").items()}
 
     def touch_image(self, ref: str) -> None:
         with self._cache.transact(retry=True):

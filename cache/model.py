@@ -216,6 +216,29 @@ def parse_manifest_or_index(raw: bytes, content_type: str | None = None, what: s
     raise InvalidManifest(f"{what}: unsupported media type {media_type!r}")
 
 
+class Children(NamedTuple):
+    """What a manifest or index points at: an index's manifests (to walk on), or a manifest's
+    config and layers (leaves, never read)."""
+
+    is_index: bool
+    digests: list[Digest]
+
+
+def children_of(raw: bytes, what: str = "manifest") -> Children:
+    """The blobs a manifest or index points at, read without building descriptors: the walk of gc,
+    prune, ls and du over thousands of manifests. Raises InvalidManifest for anything else."""
+    document = _load_json(raw, what, MAX_MANIFEST_BYTES)
+    index = isinstance(document.get("manifests"), list)
+    listed = document.get("manifests") if index else document.get("layers")
+    if document.get("schemaVersion") != 2 or not isinstance(listed, list):
+        raise InvalidManifest(f"{what}: neither an index nor an image manifest")
+    entries = listed if index else [document.get("config"), *listed]
+    try:
+        return Children(index, [parse_digest(entry["digest"]) for entry in entries])
+    except (TypeError, KeyError, InvalidDigest) as error:
+        raise InvalidManifest(f"{what}: a descriptor without a valid digest ({error})") from None
+
+
 def parse_manifest(raw: bytes, content_type: str | None = None, what: str = "manifest") -> Manifest:
     parsed = parse_manifest_or_index(raw, content_type, what)
     if not isinstance(parsed, Manifest):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from cache.digest import CHUNK, Digest, Hasher, check, hash_handle, iter_chunks, parse_digest, sha256_of
+from cache.digest import CHUNK, Digest, Hasher, check, hash_fd, iter_chunks, parse_digest, sha256_of
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
 from cache.folder import Folder, UnsafeFile
 from cache.fsutil import InUse, write_atomic
@@ -376,17 +376,20 @@ class BlobStore:
     def open(self, digest: Digest) -> BinaryIO:
         """The blob's bytes. Only a plain, world-readable file of the cache is read: a link, a FIFO or
         a private file put under a blob's name in a shared cache raises :class:`UnsafeBlob`."""
+        return os.fdopen(self._open_fd(digest)[0], "rb")
+
+    def _open_fd(self, digest: Digest) -> tuple[int, os.stat_result]:
         try:
-            fd = self.blobs_folder.open(digest.hex)
+            fd, info = self.blobs_folder.open_stat(digest.hex)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {digest} is not in the cache") from None
         except UnsafeFile as error:
             raise UnsafeBlob(f"blob {digest} refused: {error}; run `layerhoard verify --repair`") from None
-        if not _published(os.fstat(fd)):
+        if not _published(info):
             os.close(fd)
             raise UnsafeBlob(f"blob {digest} refused: {self.path(digest)} is not readable by everyone, so it is "
                              "not a blob layerhoard published; run `layerhoard verify --repair`")
-        return os.fdopen(fd, "rb")
+        return fd, info
 
     def read_bytes(self, digest: Digest) -> bytes:
         """A small blob (manifest, config) in memory."""
@@ -596,10 +599,10 @@ class BlobStore:
         """
         checked = 0
         corrupt: list[CorruptBlob] = []
+        recorded = {} if full else self.index.blake3_of_blobs()  # one query, not one per blob
         for digest in list(self.digests()):
-            record = self.index.blob(digest)
             try:
-                reason = self._damage(digest, record if not full else None)
+                reason = self._damage(digest, recorded.get(str(digest)))
             except BlobNotFound as error:
                 if not isinstance(error, UnsafeBlob):
                     continue  # deleted by prune while we looked
@@ -612,15 +615,18 @@ class BlobStore:
                 self.index.drop_blob(digest)
         return checked, corrupt
 
-    def _damage(self, digest: Digest, record: dict[str, object] | None) -> str | None:
+    def _damage(self, digest: Digest, blake3: str | None) -> str | None:
         """What is wrong with a blob's bytes: sha256 checked against the name, or blake3 against
-        ``record`` (made at ingest) when given; None when nothing is."""
-        with self.open(digest) as handle:
-            if record is None or not record.get("blake3"):
-                actual = Digest(hash_handle(handle))
+        the one recorded at ingest when given; None when nothing is."""
+        fd, info = self._open_fd(digest)
+        try:
+            if not blake3:
+                actual = Digest(hash_fd(fd, info.st_size))
                 return None if actual == digest else f"sha256 is {actual}"
-            actual_b3 = hash_handle(handle, use_blake3=True)
-            return None if actual_b3 == record["blake3"] else f"blake3 is {actual_b3}, recorded {record['blake3']}"
+            actual_b3 = hash_fd(fd, info.st_size, use_blake3=True)
+            return None if actual_b3 == blake3 else f"blake3 is {actual_b3}, recorded {blake3}"
+        finally:
+            os.close(fd)
 
     def _quarantine(self, digest: Digest) -> Path:
         make_dirs(self.corrupt_dir, self.root)

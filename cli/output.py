@@ -30,7 +30,10 @@ class Context:
     def result(self, data: Any, text: str | None = None) -> None:
         """Print a command's result: ``data`` as JSON with --json, else ``text``."""
         if self.json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+            # indented for a person at a terminal; one line for a program, which json's C encoder
+            # writes several times faster (a dry-run prune of 10,000 images lists 100,000 blobs)
+            indent = 2 if sys.stdout.isatty() else None
+            click.echo(json.dumps(data, indent=indent, sort_keys=True, default=str))
         elif text is not None and not self.quiet:
             click.echo(text)
 

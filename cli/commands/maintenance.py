@@ -34,9 +34,10 @@ def ls_command(ctx: Context) -> None:
     pins = pinned_refs(store)
     sizes = blob_sizes(store)
     rows = []
+    records = dict(store.index.images())  # one query, not one per image
     for entry in store.images():
         ref = ref_name_of(entry) or ""
-        record = store.index.image(ref) or {}
+        record = records.get(ref) or {}
         size = _image_size(store, entry.get("digest"), sizes)
         rows.append({
             "ref": ref,
