@@ -198,3 +198,15 @@ def test_upload_size_cap(store: BlobStore) -> None:
                        "Content-Length: 99999999999\r\nConnection: close\r\n\r\n".encode())
         assert raw.status == 413  # refused before a byte of the body is read
     assert parse(raw.raw).error_codes() == ["SIZE_INVALID"]
+
+
+def test_a_tls_hello_to_plain_http_is_refused_at_once(store: BlobStore) -> None:
+    """skopeo and containerd try HTTPS first and fall back to HTTP: a ClientHello sent to a
+    plain-HTTP serve must be answered at once, not after the header timeout (skopeo waited 10 s)."""
+    with start(store) as server:
+        with socket.create_connection(address_of(server.url), timeout=5) as sock:
+            sock.sendall(bytes.fromhex("160301020001"))  # the first bytes of a TLS ClientHello
+            started = time.monotonic()
+            answer = read_all(sock)
+            assert time.monotonic() - started < 1.0
+    assert answer.startswith(b"HTTP/1.1 400 ")

@@ -40,6 +40,7 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: a
          b'{"errors":[{"code":"TOOMANYREQUESTS","message":"too many connections; retry later","detail":{}}]}')
 _WAITING = ("handshake", "head", "idle")  # states in which the listener watches a connection
 _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+_NOT_HTTP = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class Connection:
@@ -58,6 +59,13 @@ class Connection:
 
     def head_complete(self) -> bool:
         return b"\r\n\r\n" in self.buffer or b"\n\n" in self.buffer
+
+    def not_http(self) -> bool:
+        """Whether the bytes so far cannot begin an HTTP request: a method is upper-case letters
+        (after any empty lines). A TLS ClientHello (0x16) is the common case: a client that tries
+        HTTPS first (skopeo, containerd) must hear at once, not after the header timeout."""
+        start = self.buffer.lstrip(b"\r\n")
+        return bool(start) and not (65 <= start[0] <= 90)
 
     def fill(self) -> bool:
         """Read what is there without blocking; False at the end of the stream."""
@@ -273,6 +281,11 @@ class Listener(socketserver.TCPServer):
             alive = False
         if not alive:
             selector.unregister(connection.sock)
+            self._close(connection)
+        elif connection.not_http():
+            selector.unregister(connection.sock)
+            with contextlib.suppress(OSError):
+                connection.sock.send(_NOT_HTTP)
             self._close(connection)
         elif connection.head_complete():
             selector.unregister(connection.sock)
