@@ -11,6 +11,7 @@ from typing import BinaryIO, NamedTuple
 
 from cache.digest import Digest
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, evicted_while_read
+from cache.graph import ContentGraph
 from cache.model import (
     MAX_MANIFEST_BYTES,
     Descriptor,
@@ -51,20 +52,34 @@ class CachedImage(NamedTuple):
         return self.store.open(descriptor.digest)
 
 
-def blobs_of(store: BlobStore, root: Digest) -> Iterator[Digest]:
+def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) -> Iterator[Digest]:
     """Every blob reachable from a manifest or index digest, the root included.
 
     Only manifests and indexes are read (never a layer); a child that is not stored is still
-    yielded, so callers can tell what is missing.
+    yielded, so callers can tell what is missing. With ``graph`` (gc, prune, sizes) the edges no
+    manifest names are followed too: blobs derived here from a reached one (leaves), and the
+    referrers of a reached manifest (walked as manifests). Without it, only what the image itself
+    names: what must be stored before the image is named.
     """
     pending = [root]
     seen: set[Digest] = set()
+
+    def extra(digest: Digest) -> Iterator[Digest]:
+        if graph is None:
+            return
+        pending.extend(graph.referrers_of(digest))
+        for made in graph.derived_from(digest):
+            if made not in seen:
+                seen.add(made)
+                yield made
+
     while pending:
         digest = pending.pop()
         if digest in seen:
             continue
         seen.add(digest)
         yield digest
+        yield from extra(digest)
         try:
             if store.size(digest) > MAX_MANIFEST_BYTES:
                 continue  # not a manifest: never read a big blob into memory
@@ -78,6 +93,7 @@ def blobs_of(store: BlobStore, root: Digest) -> Iterator[Digest]:
             if leaf not in seen:
                 seen.add(leaf)
                 yield leaf
+                yield from extra(leaf)
 
 
 def missing_blobs(store: BlobStore, root: Digest) -> list[Digest]:

@@ -11,6 +11,8 @@ Keys, one namespace each:
   image/<ref>        {"ref", "digest", "media_type", "size", "platform", "source", "stored_at", "last_used"}
   pin/<ref>          "<time pinned>"  (caches made before pins.json only: cache/pins.py)
   stat/<name>        integer counters
+  edge/<kind>/<digest>  {"<child digest>": "<note>", ...}  content-graph edges no manifest names
+                     (cache/graph.py: a blob's derived blobs, a subject's referrers)
 """
 
 from __future__ import annotations
@@ -177,6 +179,22 @@ class MetadataIndex:
     def diff_id_of(self, blob: Digest) -> Digest | None:
         value = self._get(f"blobdiff/{blob}")
         return parse_digest(value) if isinstance(value, str) else None
+
+    # -- content-graph edges (cache/graph.py) -------------------------------------------------------
+    def add_edge(self, kind: str, parent: Digest, child: Digest, note: str = "") -> None:
+        with self._cache.transact(retry=True):
+            children = self._get(f"edge/{kind}/{parent}") or {}
+            if children.get(str(child)) != note:
+                children[str(child)] = note
+                self._set(f"edge/{kind}/{parent}", children)
+
+    def edges(self, kind: str) -> dict[str, dict[str, str]]:
+        """Every edge of one kind, parent -> {child: note}, in one query."""
+        return {parent: children for parent, children in self._iter(f"edge/{kind}/") if isinstance(children, dict)}
+
+    def edges_of(self, kind: str, parent: Digest) -> dict[str, str]:
+        children = self._get(f"edge/{kind}/{parent}")
+        return children if isinstance(children, dict) else {}
 
     # -- images --------------------------------------------------------------------------------
     def record_image(self, ref: str, record: JsonDict) -> None:

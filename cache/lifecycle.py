@@ -17,6 +17,7 @@ from cache.digest import Digest, parse_digest
 from cache.errors import BlobNotFound, InvalidDigest
 from cache.folder import Folder
 from cache.fsutil import remove_unless_in_use
+from cache.graph import ContentGraph
 from cache.images import blobs_of
 from cache.pins import pins
 from cache.store import BlobStore
@@ -45,9 +46,10 @@ def usage(store: BlobStore) -> Usage:
         except BlobNotFound:
             continue
     result.blobs, result.bytes = len(sizes), sum(sizes.values())
+    graph = ContentGraph.load(store)
     for root in image_roots(store):
         result.images += 1
-        result.image_bytes += sum(sizes.get(d, 0) for d in blobs_of(store, root))
+        result.image_bytes += sum(sizes.get(d, 0) for d in blobs_of(store, root, graph))
     return result
 
 
@@ -74,12 +76,14 @@ def pinned_roots(store: BlobStore) -> list[Digest]:
 
 
 def live_blobs(store: BlobStore, known: dict[Digest, set[Digest]] | None = None) -> set[Digest]:
-    """Every blob a root (an image in index.json, or a pin) reaches. ``known`` caches blobs_of per root."""
+    """Every blob a root (an image in index.json, or a pin) reaches, through the content graph's
+    derived and referrer edges too. ``known`` caches blobs_of per root."""
     known = {} if known is None else known
     live: set[Digest] = set()
+    graph = ContentGraph.load(store)
     for root in image_roots(store) + pinned_roots(store):
         if root not in known:
-            known[root] = set(blobs_of(store, root))
+            known[root] = set(blobs_of(store, root, graph))
         live.update(known[root])
     return live
 

@@ -239,6 +239,22 @@ def children_of(raw: bytes, what: str = "manifest") -> Children:
         raise InvalidManifest(f"{what}: a descriptor without a valid digest ({error})") from None
 
 
+def subject_of(raw: bytes) -> tuple[Digest, str] | None:
+    """The subject a manifest names (OCI 1.1 referrers: a signature, SBOM or attestation names the
+    image it describes) and its artifactType (or its config's media type); None when there is none
+    or ``raw`` is not such a manifest."""
+    try:
+        document = _load_json(raw, "manifest", MAX_MANIFEST_BYTES)
+        subject = document.get("subject")
+        if not isinstance(subject, dict):
+            return None
+        config = document.get("config")
+        kind = document.get("artifactType") or (config.get("mediaType") if isinstance(config, dict) else "")
+        return parse_digest(subject.get("digest")), kind if isinstance(kind, str) else ""  # type: ignore[arg-type]
+    except (InvalidManifest, InvalidDigest):
+        return None
+
+
 def parse_manifest(raw: bytes, content_type: str | None = None, what: str = "manifest") -> Manifest:
     parsed = parse_manifest_or_index(raw, content_type, what)
     if not isinstance(parsed, Manifest):

@@ -28,6 +28,7 @@ from typing import Any
 
 from cache.digest import Digest, parse_digest
 from cache.errors import BlobNotFound, ImageNotFound, InvalidDigest, LayerhoardError
+from cache.graph import ContentGraph
 from cache.images import blobs_of
 from cache.index_json import ref_name_of
 from cache.lifecycle import BlobFacts, in_use, sweep
@@ -148,7 +149,7 @@ def free_space(store: BlobStore) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def _entries(store: BlobStore, known: dict[Digest, set[Digest]]) -> list[ImageEntry]:
+def _entries(store: BlobStore, known: dict[Digest, set[Digest]], graph: ContentGraph) -> list[ImageEntry]:
     out = []
     used = store.index.last_used_of_images()  # one query, not one per image
     for entry in store.images():
@@ -162,7 +163,7 @@ def _entries(store: BlobStore, known: dict[Digest, set[Digest]]) -> list[ImageEn
             with contextlib.suppress(BlobNotFound):
                 last_used = store.stat(digest).st_mtime
         if digest not in known:
-            known[digest] = set(blobs_of(store, digest))
+            known[digest] = set(blobs_of(store, digest, graph))
         out.append(ImageEntry(ref, digest, last_used, known[digest]))
     return out
 
@@ -176,14 +177,15 @@ def plan_prune(store: BlobStore, policy: PrunePolicy, now: float | None = None,
     facts = BlobFacts.gather(store)
     sizes = facts.sizes
     plan = PrunePlan(bytes_before=sum(sizes.values()))
-    images = _entries(store, known)
+    graph = ContentGraph.load(store)
+    images = _entries(store, known, graph)
     pins = pinned_refs(store)
     refcount: dict[Digest, int] = dict.fromkeys(sizes, 0)
     for ref in pins:  # a pinned image's blobs stay even if index.json lost the image
         record = store.index.image(ref) or {}
         with contextlib.suppress(InvalidDigest):
             digest = parse_digest(record.get("digest"))  # type: ignore[arg-type]
-            for blob in known.setdefault(digest, set(blobs_of(store, digest))):
+            for blob in known.setdefault(digest, set(blobs_of(store, digest, graph))):
                 refcount[blob] = refcount.get(blob, 0) + 1
     for image in images:
         if image.ref in pins:

@@ -10,7 +10,10 @@ filled from what is on disk and checked here:
 - counters are copied from the old database when SQLite can still read those rows; pins live in
   pins.json and are untouched (an old cache's pins, still in its database, move to pins.json).
 
-SBOM scan records are not rebuilt: they are made again on the next ``sbom`` of each layer.
+- the content graph's referrer edges, from the ``subject`` of every stored manifest.
+
+SBOM scan records are not rebuilt: they are made again on the next ``sbom`` of each layer. Derived
+edges (transcoded blobs) are not either: those blobs are a cache, and gc reclaims them.
 """
 
 from __future__ import annotations
@@ -27,8 +30,17 @@ from pathlib import Path
 from cache.compression import CorruptLayer, DiffIdHasher
 from cache.digest import Digest, hash_handle
 from cache.errors import BlobNotFound, LayerhoardError
+from cache.graph import link_referrer
 from cache.index_json import REF_NAME
-from cache.model import MAX_MANIFEST_BYTES, Descriptor, Manifest, compression_of, parse_config, parse_manifest_or_index
+from cache.model import (
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    Manifest,
+    compression_of,
+    parse_config,
+    parse_manifest_or_index,
+    subject_of,
+)
 from cache.pins import PINS_FILE, pin, pins
 from cache.store import BlobStore
 
@@ -65,6 +77,11 @@ def rebuild_index(store: BlobStore) -> RebuildResult:
             with store.open(digest) as handle:
                 size = os.fstat(handle.fileno()).st_size
                 index.record_blob(digest, size, hash_handle(handle, use_blake3=True), None, "rebuilt")
+                if size <= MAX_MANIFEST_BYTES:  # a referrer names its subject: the graph's edge again
+                    handle.seek(0)
+                    named = subject_of(handle.read())
+                    if named is not None:
+                        link_referrer(store, named[0], digest, named[1])
         except BlobNotFound:
             continue  # removed meanwhile, or not a blob of ours (verify moves it aside)
         result.blobs += 1

@@ -7,7 +7,8 @@ here and matched the config's diff_id (invariant 4). A second export finds it ag
 ``blobs_for_diff_id`` and compresses nothing.
 
 The transcoded image gets a new OCI manifest (same config bytes, new layer descriptors), stored
-as a blob too. Nothing names these blobs in index.json, so gc may reclaim them; they are a cache.
+as a blob too. Each made blob is linked from what it was made from (cache/graph.py ``derived``), so
+gc and prune keep it as long as an image reaches the original, and count it in that image's size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cache import compression as codecs
 from cache.compression import decompressing, zstd_compressor
 from cache.digest import Digest, iter_chunks
 from cache.errors import DigestMismatch, LayerhoardError
+from cache.graph import link_derived
 from cache.images import CachedImage
 from cache.model import (
     OCI_CONFIG,
@@ -78,7 +80,7 @@ def transcode(store: BlobStore, image: CachedImage, compression: str, *, avoid: 
         return Transcoded(image.manifest, tuple(outcomes))
     config = Descriptor(OCI_CONFIG, image.manifest.config.digest, image.manifest.config.size)
     raw = build_manifest(config, [o.descriptor for o in outcomes])
-    store.put_bytes(raw, media_type=None, source=TRANSCODE_SOURCE)
+    link_derived(store, image.manifest.digest, store.put_bytes(raw, media_type=None, source=TRANSCODE_SOURCE))
     return Transcoded(parse_manifest(raw, what=f"transcoded manifest of {image.ref}"), tuple(outcomes))
 
 
@@ -87,6 +89,7 @@ def _layer_as(store: BlobStore, layer: Descriptor, diff_id: Digest, want: str) -
     for blob, kind in store.index.blobs_for_diff_id(diff_id).items():
         record = store.index.blob(blob)
         if kind == media_type and record and record.get("source") == TRANSCODE_SOURCE and store.has(blob):
+            link_derived(store, layer.digest, blob)  # kept as long as the layer (made before edges were)
             return LayerOutcome(Descriptor(media_type, blob, store.size(blob)), False, True)
     uncompressed = hashlib.sha256()
     with store.open(layer.digest) as source:
@@ -98,6 +101,7 @@ def _layer_as(store: BlobStore, layer: Descriptor, diff_id: Digest, want: str) -
         raise DigestMismatch(f"layer {layer.digest} uncompresses to sha256:{uncompressed.hexdigest()}, "
                              f"but the config says {diff_id}")
     store.index.record_diff_id(digest, diff_id, media_type)
+    link_derived(store, layer.digest, digest)  # gc keeps it while an image reaches the layer
     return LayerOutcome(Descriptor(media_type, digest, size), True, False)
 
 

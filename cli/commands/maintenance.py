@@ -8,6 +8,7 @@ import click
 
 from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest
+from cache.graph import ContentGraph
 from cache.images import blobs_of
 from cache.index_json import ref_name_of
 from cache.lifecycle import gc as run_gc
@@ -35,10 +36,11 @@ def ls_command(ctx: Context) -> None:
     sizes = blob_sizes(store)
     rows = []
     records = dict(store.index.images())  # one query, not one per image
+    graph = ContentGraph.load(store)
     for entry in store.images():
         ref = ref_name_of(entry) or ""
         record = records.get(ref) or {}
-        size = _image_size(store, entry.get("digest"), sizes)
+        size = _image_size(store, entry.get("digest"), sizes, graph)
         rows.append({
             "ref": ref,
             "digest": entry.get("digest"),
@@ -60,13 +62,14 @@ def ls_command(ctx: Context) -> None:
     ctx.result({"images": rows}, "\n".join(lines))
 
 
-def _image_size(store: BlobStore, digest: object, sizes: dict[Digest, int]) -> int:
-    """The bytes of every blob the image reaches (blobs it shares with other images included)."""
+def _image_size(store: BlobStore, digest: object, sizes: dict[Digest, int], graph: ContentGraph) -> int:
+    """The bytes of every blob the image reaches (blobs it shares with other images, and what was
+    derived from its own, included)."""
     try:
         root = parse_digest(digest)  # type: ignore[arg-type]
     except InvalidDigest:
         return 0
-    return sum(sizes.get(blob, 0) for blob in blobs_of(store, root))
+    return sum(sizes.get(blob, 0) for blob in blobs_of(store, root, graph))
 
 
 @click.command("du")

@@ -1,0 +1,56 @@
+"""The edges of the content graph that no manifest names, kept so that gc and prune walk them.
+
+A manifest names its config and layers, an index its manifests; :func:`cache.images.blobs_of`
+follows those by reading the manifests. Two kinds of edge are known only to the cache:
+
+- ``derived``: a blob to the blobs made from it here. An export that transcodes a layer stores the
+  new blob and links it from the layer; the transcoded manifest is linked from the original. They
+  live as long as an image that reaches the original, so the next export reuses them instead of
+  compressing again (gc used to sweep them as orphans).
+- ``referrer``: a subject manifest to the manifests whose ``subject`` names it (signatures, SBOMs,
+  attestations pushed beside an image; the OCI 1.1 referrers API answers from these edges). A
+  referrer lives as long as its subject is reachable, and is walked like any manifest.
+
+Edges are kept in the metadata index (``edge/<kind>/<parent>``), loaded in one query per kind by
+:meth:`ContentGraph.load`. Only blobs hashed and stored here are ever linked. What it costs: one
+index write per edge made, one range query per kind when gc or prune start. A rebuilt index finds
+the referrer edges again by reading every stored manifest's ``subject``; derived edges are lost
+then, and their blobs reclaimed as the cache they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cache.digest import Digest
+from cache.store import BlobStore
+
+DERIVED = "derived"
+REFERRER = "referrer"
+
+
+@dataclass
+class ContentGraph:
+    derived: dict[str, dict[str, str]] = field(default_factory=dict)
+    referrers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, store: BlobStore) -> ContentGraph:
+        return cls(store.index.edges(DERIVED), store.index.edges(REFERRER))
+
+    def derived_from(self, digest: Digest) -> list[Digest]:
+        return [Digest(child[7:]) for child in self.derived.get(digest, {})]
+
+    def referrers_of(self, digest: Digest) -> list[Digest]:
+        return [Digest(child[7:]) for child in self.referrers.get(digest, {})]
+
+
+def link_derived(store: BlobStore, source: Digest, made: Digest) -> None:
+    """``made`` was made here from ``source`` (a transcoded layer or manifest)."""
+    if made != source:
+        store.index.add_edge(DERIVED, source, made)
+
+
+def link_referrer(store: BlobStore, subject: Digest, referrer: Digest, artifact_type: str = "") -> None:
+    """The manifest ``referrer`` names ``subject`` as its subject (noted with its artifactType)."""
+    store.index.add_edge(REFERRER, subject, referrer, artifact_type)
