@@ -54,3 +54,13 @@ def link_derived(store: BlobStore, source: Digest, made: Digest) -> None:
 def link_referrer(store: BlobStore, subject: Digest, referrer: Digest, artifact_type: str = "") -> None:
     """The manifest ``referrer`` names ``subject`` as its subject (noted with its artifactType)."""
     store.index.add_edge(REFERRER, subject, referrer, artifact_type)
+
+
+def unlink_referrer(store: BlobStore, subject: Digest, referrer: Digest) -> None:
+    """``referrer`` was deleted (serve's DELETE): its subject no longer keeps it, nor lists it."""
+    store.index.remove_edge(REFERRER, subject, referrer)
+
+
+def referrers(store: BlobStore, subject: Digest) -> dict[Digest, str]:
+    """The referrers of one manifest, with their artifactType: one index read."""
+    return {Digest(child[7:]): note for child, note in store.index.edges_of(REFERRER, subject).items()}

@@ -188,6 +188,12 @@ class MetadataIndex:
                 children[str(child)] = note
                 self._set(f"edge/{kind}/{parent}", children)
 
+    def remove_edge(self, kind: str, parent: Digest, child: Digest) -> None:
+        with self._cache.transact(retry=True):
+            children = self._get(f"edge/{kind}/{parent}") or {}
+            if children.pop(str(child), None) is not None:
+                self._set(f"edge/{kind}/{parent}", children)
+
     def edges(self, kind: str) -> dict[str, dict[str, str]]:
         """Every edge of one kind, parent -> {child: note}, in one query."""
         return {parent: children for parent, children in self._iter(f"edge/{kind}/") if isinstance(children, dict)}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from cache.errors import LayerhoardError
 from cache.refs import DEFAULT_REGISTRY
 from cache.server.auth import Authenticator, check_listen
+from cache.server.deletes import Deleted
 from cache.server.handler import RegistryHandler
 from cache.server.listener import Connection, Listener
 from cache.server.metrics import Family, Metrics
@@ -38,6 +39,7 @@ class ServeOptions:
     default_registry: str = DEFAULT_REGISTRY
     upstreams: dict[str, str] = field(default_factory=dict)  # registry -> base URL
     allow_push: bool = False
+    allow_delete: bool = False  # DELETE of tags, manifests and blobs (needs allow_push: the push role guards it)
     log: Callable[[str], None] | None = None  # request lines and details (-v)
     warn: Callable[[str], None] | None = None  # what an operator must see (a full disk, a bug); falls back to log
     read_timeout: float = 60.0  # seconds a client may stay silent mid-request before it is dropped
@@ -59,6 +61,8 @@ class RegistryServer(Listener):
         self.store = store
         self.default_registry = normalise_registry(options.default_registry)
         self.allow_push = options.allow_push
+        self.allow_delete = options.allow_delete
+        self.deleted = Deleted()  # manifests deleted in one repository whose bytes other images keep
         self.auth = options.auth
         self.upstreams = Upstreams(store, options.upstreams, self._log_fetch) if options.upstreams else None
         self._log = options.log

@@ -8,6 +8,7 @@ distribution does for old clients); any other mismatch is MANIFEST_UNKNOWN, neve
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cache.digest import Digest, parse_digest
@@ -36,6 +37,17 @@ def parse_reference(reference: str) -> Digest | str:
     if not _TAG.fullmatch(reference):
         raise RegistryError("TAG_INVALID", "invalid tag", {"tag": reference[:128]})
     return reference
+
+
+def lookup_reference(reference: str) -> Digest | str:
+    """A reference to look up (GET, HEAD, DELETE): a tag outside the grammar names nothing, so it is
+    MANIFEST_UNKNOWN (404), as registries and the conformance suite expect, not TAG_INVALID."""
+    try:
+        return parse_reference(reference)
+    except RegistryError as error:
+        if error.code != "TAG_INVALID":
+            raise
+        raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", error.detail) from None
 
 
 def checked_digest(text: str) -> Digest:
@@ -88,17 +100,20 @@ def accepted_types(headers: list[str]) -> list[str]:
     return [part.split(";")[0].strip() for header in headers for part in header.split(",") if part.strip()]
 
 
-def _stored_refs(store: BlobStore) -> list[ImageRef]:
-    refs = []
-    for entry in store.images():
+def named_entries(entries: list[dict[str, object]]) -> Iterator[tuple[ImageRef, dict[str, object]]]:
+    """index.json's entries with the image names they carry; names we did not write are left out."""
+    for entry in entries:
         name = ref_name_of(entry)
         if not name:
             continue
         try:
-            refs.append(ImageRef.parse(name))
+            yield ImageRef.parse(name), entry
         except InvalidReference:
             continue  # a name we did not write: not ours to serve
-    return refs
+
+
+def _stored_refs(store: BlobStore) -> list[ImageRef]:
+    return [ref for ref, _ in named_entries(store.images())]
 
 
 def known_name(store: BlobStore, repo: Repository) -> bool:

@@ -30,11 +30,12 @@ from urllib.parse import parse_qs, urlsplit
 from cache.digest import Digest
 from cache.errors import BlobNotFound
 from cache.folder import UnsafeFile
-from cache.model import MAX_MANIFEST_BYTES
-from cache.server import content
+from cache.model import MAX_MANIFEST_BYTES, OCI_INDEX
+from cache.server import content, deletes
 from cache.server.auth import Unauthorized
 from cache.server.errors import RegistryError, disk_full_error
 from cache.server.names import Repository, normalise_registry, resolve
+from cache.server.referrers import referrers_index
 from cache.server.uploads import put_manifest
 from cache.store import DiskFull, disk_full
 
@@ -110,6 +111,7 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/v2/?"), "base"),
     (re.compile(r"/v2/_catalog"), "catalog"),
     (re.compile(r"/v2/(?P<name>.+)/tags/list"), "tags"),
+    (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
     (re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"), "manifest"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), "upload_start"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
@@ -117,12 +119,13 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/metrics"), "metrics"),
 ]
 _METHODS = {
-    "base": ("GET", "HEAD"), "catalog": ("GET",), "tags": ("GET",), "manifest": ("GET", "HEAD", "PUT"),
-    "upload_start": ("POST",), "upload": ("GET", "PATCH", "PUT", "DELETE"), "blob": ("GET", "HEAD"),
-    "metrics": ("GET",),
+    "base": ("GET", "HEAD"), "catalog": ("GET",), "tags": ("GET",), "referrers": ("GET",),
+    "manifest": ("GET", "HEAD", "PUT", "DELETE"), "upload_start": ("POST",),
+    "upload": ("GET", "PATCH", "PUT", "DELETE"), "blob": ("GET", "HEAD", "DELETE"), "metrics": ("GET",),
 }
+_DELETE = {("manifest", "DELETE"), ("blob", "DELETE")}  # with --allow-delete (which needs --allow-push)
 _PUSH = {("manifest", "PUT"), ("upload_start", "POST"), ("upload", "GET"), ("upload", "PATCH"),
-         ("upload", "PUT"), ("upload", "DELETE")}
+         ("upload", "PUT"), ("upload", "DELETE"), *_DELETE}
 
 
 class RegistryHandler(BaseHTTPRequestHandler):
@@ -191,8 +194,9 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self._body_read = False
         self._extra: dict[str, str] = {}
+        self._framing: int | None = None  # unknown until read: a response now ends the connection
         try:
-            self._framing: int | None = self._read_framing()  # Content-Length, or None for chunked
+            self._framing = self._read_framing()  # Content-Length, or None for chunked
         except RegistryError as error:
             self.close_connection = True  # where this body ends is unknown: nothing more on this connection
             self._error(error)
@@ -229,6 +233,8 @@ class RegistryHandler(BaseHTTPRequestHandler):
         self._route_name = route
         if method not in _METHODS[route]:
             raise RegistryError("UNSUPPORTED", f"{method} is not allowed here", {"allowed": list(_METHODS[route])})
+        if (route, method) in _DELETE and not self.server.allow_delete:
+            raise RegistryError("UNSUPPORTED", "deletes are off here; start serve with --allow-delete")
         if (route, method) in _PUSH and not self.server.allow_push:
             raise RegistryError("UNSUPPORTED", "this server is read-only; start it with --allow-push")
         ns = self.query.get("ns")
@@ -268,10 +274,10 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def _manifest(self, method: str, repo: Repository, params: dict[str, str]) -> None:
         store, upstreams = self.server.store, self.server.upstreams
-        reference = content.parse_reference(params["reference"])
+        reference = content.lookup_reference(params["reference"])
         pinned = isinstance(reference, Digest)
         digest = reference if isinstance(reference, Digest) else self._tag_digest(repo, reference, params["name"])
-        body = content.stored_manifest(store, digest)
+        body = None if (repo, digest) in self.server.deleted else content.stored_manifest(store, digest)
         self._cache("manifest", "hit")
         if body is None and pinned and upstreams is not None and upstreams.covers(repo):
             upstreams.manifest(repo, digest)
@@ -283,6 +289,14 @@ class RegistryHandler(BaseHTTPRequestHandler):
         body = content.negotiate(store, body, content.accepted_types(self.headers.get_all("Accept") or []), pinned)
         self._send(200, body.raw, {"Content-Type": body.media_type, "Docker-Content-Digest": str(body.digest),
                                    "ETag": f'"{body.digest}"'}, method == "HEAD")
+
+    def _referrers(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        artifact_type = self.query.get("artifactType")
+        body = referrers_index(self.server.store, content.checked_digest(params["digest"]), artifact_type)
+        headers = {"Content-Type": OCI_INDEX}
+        if artifact_type is not None:
+            headers["OCI-Filters-Applied"] = "artifactType"
+        self._send(200, body, headers)
 
     def _tag_digest(self, repo: Repository, tag: str, name: str) -> Digest:
         """What a tag names: upstream first when one covers the registry, else (or on failure) the cache."""
@@ -402,8 +416,23 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def _manifest_put(self, method: str, repo: Repository, params: dict[str, str]) -> None:
         reference = content.parse_reference(params["reference"])
         raw = b"".join(self._body(limit=MAX_MANIFEST_BYTES))
-        digest = put_manifest(self.server.store, repo, reference, raw, self.headers.get("Content-Type", ""))
-        self._created(f"/v2/{params['name']}/manifests/{digest}", digest)
+        pushed = put_manifest(self.server.store, repo, reference, raw, self.headers.get("Content-Type", ""))
+        self.server.deleted.discard(repo, pushed.digest)
+        if pushed.subject is not None:
+            self._extra["OCI-Subject"] = str(pushed.subject)
+        self._created(f"/v2/{params['name']}/manifests/{pushed.digest}", pushed.digest)
+
+    def _manifest_delete(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        reference = content.lookup_reference(params["reference"])
+        if isinstance(reference, Digest):
+            deletes.delete_manifest(self.server.store, repo, reference, self.server.deleted)
+        else:
+            deletes.delete_tag(self.server.store, repo, reference)
+        self._send(202, b"", {})
+
+    def _blob_delete(self, method: str, repo: Repository, params: dict[str, str]) -> None:
+        deletes.delete_blob(self.server.store, content.checked_digest(params["digest"]))
+        self._send(202, b"", {})
 
     def _upload_status(self, status: int, name: str, upload_id: str, size: int) -> None:
         self._send(status, b"", {"Location": f"/v2/{name}/blobs/uploads/{upload_id}", "Docker-Upload-UUID": upload_id,
@@ -469,6 +498,10 @@ class RegistryHandler(BaseHTTPRequestHandler):
     # -- responses -----------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str]) -> None:
         every = {**API_VERSION, **self._extra, **headers}
+        if not self._body_read and self._framing != 0:
+            # the unread body ends this connection: said in the response, or a client sends its next
+            # request on it and meets EOF (Go's client does not retry a POST then)
+            every["Connection"] = "close"
         for key, value in every.items():
             check_header(key, value)  # all of them before the first byte: no half-written response
         self.send_response(status)

@@ -21,13 +21,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cache.digest import Digest, Hasher, check, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, SizeMismatch
 from cache.fsutil import InUse
+from cache.graph import link_referrer
 from cache.images import record_image
-from cache.model import Index, parse_manifest_or_index
+from cache.model import Index, parse_manifest_or_index, subject_of
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
 from cache.store import BlobStore, disk_full
@@ -252,8 +253,14 @@ def publish(store: BlobStore, mark: InUse, digest: Digest, hasher: Hasher, size:
     store.adopt(mark, digest, hasher.size, hasher.blake3, None, source)
 
 
-def put_manifest(store: BlobStore, repo: Repository, reference: Digest | str, raw: bytes, content_type: str) -> Digest:
-    """Store a pushed manifest or index; a tag reference also names it in index.json."""
+class Pushed(NamedTuple):
+    digest: Digest
+    subject: Digest | None  # the manifest this one refers to (OCI 1.1 ``subject``), linked in the graph
+
+
+def put_manifest(store: BlobStore, repo: Repository, reference: Digest | str, raw: bytes, content_type: str) -> Pushed:
+    """Store a pushed manifest or index; a tag reference also names it in index.json. A manifest
+    with a ``subject`` is linked to it as a referrer (the subject may arrive later: the spec allows it)."""
     try:
         parsed = parse_manifest_or_index(raw, content_type, what="pushed manifest")
     except InvalidManifest as error:
@@ -268,9 +275,12 @@ def put_manifest(store: BlobStore, repo: Repository, reference: Digest | str, ra
         raise RegistryError("MANIFEST_BLOB_UNKNOWN", f"{len(missing)} referenced blob(s) are not stored",
                             {"digests": missing[:20]})
     store.put_bytes(raw, parsed.media_type, source=f"push:{repo.full}")
-    if isinstance(reference, str):
+    if not isinstance(reference, Digest):  # a Digest is a str too: a push by digest names nothing
         try:
             record_image(store, f"{repo.full}:{reference}", parsed, platform=None, source=f"push:{repo.full}")
         except BlobNotFound as error:  # an index whose children's blobs are not all stored
             raise RegistryError("MANIFEST_BLOB_UNKNOWN", str(error)) from None
-    return digest
+    subject = subject_of(raw)
+    if subject is not None:
+        link_referrer(store, subject[0], digest, subject[1])
+    return Pushed(digest, subject[0] if subject else None)

@@ -23,6 +23,8 @@ from cli.output import Context, pass_context
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
               help="Fetch misses of registry NAME from URL (pull-through); repeatable.")
 @click.option("--allow-push", is_flag=True, help="Accept pushes (blob uploads, manifests) into the cache.")
+@click.option("--allow-delete", is_flag=True,
+              help="Accept DELETE of tags, manifests and blobs (needs --allow-push; 405 otherwise).")
 @click.option("--upload-expiry", default="1h", show_default=True, metavar="DUR",
               help="Drop a chunked upload left idle this long (its file goes with it).")
 @click.option("--max-upload-size", default="20G", show_default=True, metavar="SIZE",
@@ -43,11 +45,13 @@ from cli.output import Context, pass_context
               help="Listen beyond loopback without TLS and auth anyway (a warning instead of a refusal).")
 @pass_context
 def serve_command(ctx: Context, listen: str, default_registry: str, upstreams: tuple[str, ...],
-                  allow_push: bool, upload_expiry: str, max_upload_size: str,
+                  allow_push: bool, allow_delete: bool, upload_expiry: str, max_upload_size: str,
                   max_connections: int, workers: int,
                   tls_cert: str | None, tls_key: str | None,
                   tls_client_ca: str | None, htpasswd: str | None, push_users: str, insecure_listen: bool) -> None:
     """Serve the cache over the OCI Distribution API until interrupted."""
+    if allow_delete and not allow_push:
+        raise click.UsageError("--allow-delete needs --allow-push (a delete is a push: same role, same checks)")
     try:
         expiry = parse_duration(upload_expiry)
     except ValueError as error:
@@ -59,12 +63,13 @@ def serve_command(ctx: Context, listen: str, default_registry: str, upstreams: t
     options = ServeOptions(listen, default_registry, parse_upstreams(list(upstreams)), allow_push,
                            log=stderr_log if ctx.verbose else None, warn=stderr_log, upload_expiry=expiry,
                            max_upload_size=max_size, max_connections=max_connections, workers=workers,
-                           access_log=None if ctx.quiet else stderr_log,
+                           access_log=None if ctx.quiet else stderr_log, allow_delete=allow_delete,
                            tls=_tls(tls_cert, tls_key, tls_client_ca),
                            auth=_auth(htpasswd, push_users, allow_push), insecure_listen=insecure_listen)
     server = make_server(ctx.store, options)
     ctx.log(f"serving {ctx.cache_dir} on {server.url} (default registry {server.default_registry}"
-            f"{', pushes allowed' if allow_push else ''}{', basic auth' if htpasswd else ''}"
+            f"{', pushes allowed' if allow_push else ''}{', deletes allowed' if allow_delete else ''}"
+            f"{', basic auth' if htpasswd else ''}"
             f"{', client certificates required' if tls_client_ca else ''}"
             f"{', upstreams ' + ', '.join(options.upstreams) if options.upstreams else ''})")
     try:
