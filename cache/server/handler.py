@@ -20,6 +20,8 @@ import json
 import os
 import re
 import socket
+import ssl
+import struct
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -541,8 +543,25 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def _sendfile(self, handle: BinaryIO, offset: int, count: int) -> None:
         """Send bytes of a file without passing them through Python (sendfile where available)."""
+        sock = self.connection
+        if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):
+            with _blocking_sends(sock):
+                self._sendfile_blocking(sock, handle, offset, count)
+            return
+        while count > 0:  # TLS: Python encrypts, in chunks
+            sent = sock.sendfile(handle, offset, min(count, SENDFILE_MAX))  # type: ignore[arg-type]
+            if sent == 0:
+                raise BrokenPipeError("file ended early")
+            offset += sent
+            count -= sent
+            self._sent += sent
+
+    def _sendfile_blocking(self, sock: socket.socket, handle: BinaryIO, offset: int, count: int) -> None:
         while count > 0:
-            sent = self.connection.sendfile(handle, offset, min(count, SENDFILE_MAX))  # type: ignore[arg-type]
+            try:
+                sent = os.sendfile(sock.fileno(), handle.fileno(), offset, min(count, SENDFILE_MAX))
+            except BlockingIOError:  # SO_SNDTIMEO passed with nothing sent: the client stalled
+                raise TimeoutError("the client stopped reading") from None
             if sent == 0:
                 raise BrokenPipeError("file ended early")
             offset += sent
@@ -552,6 +571,27 @@ class RegistryHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """http.server's lines (the request line, its own errors) hold client text: escaped."""
         self.server.log(f"{self.address_string()} {escaped(format % args)}")
+
+
+@contextlib.contextmanager
+def _blocking_sends(sock: socket.socket) -> Iterator[None]:
+    """The socket in blocking mode, with the kernel's send timeout standing in for Python's, while
+    a blob is sent: one sendfile call then moves as much as the client takes, where a socket with a
+    Python timeout (non-blocking underneath) made one sendfile and one poll per socket buffer
+    (about 4% of the throughput of 8 clients fetching one large blob)."""
+    timeout = sock.gettimeout()
+    if timeout is None:
+        yield
+        return
+    seconds = int(timeout)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000)))
+    try:
+        yield
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+        sock.settimeout(timeout)
 
 
 def _match(path: str) -> tuple[str, dict[str, str]]:
