@@ -31,12 +31,23 @@ class BlobsEvicted(BlobNotFound):
 
 
 class CachedImage(NamedTuple):
-    """One platform's image as stored: its manifest, config, and layers readable as streams."""
+    """One platform's image as stored: its manifest, config, and layers readable as streams.
+    ``platforms`` is the multi-platform index the name points at (None for a plain manifest), and
+    ``chosen`` whether the platform was asked for (else the host's was taken)."""
 
     store: BlobStore
     ref: str
     manifest: Manifest
     config: ImageConfig
+    platforms: Index | None = None
+    chosen: bool = False
+
+    def stored_platforms(self) -> list[Descriptor]:
+        """The index's manifests that are stored (a single-platform pull keeps its index whole,
+        but stores only the platform it pulled); the manifest alone for a plain image."""
+        if self.platforms is None:
+            return [self.manifest.descriptor(self.config.platform)]
+        return [entry for entry in self.platforms.manifests if self.store.has(entry.digest)]
 
     @property
     def digest(self) -> Digest:
@@ -97,7 +108,23 @@ def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) 
 
 
 def missing_blobs(store: BlobStore, root: Digest) -> list[Digest]:
-    return [digest for digest in blobs_of(store, root) if not store.has(digest)]
+    """What must be stored before ``root`` can be named: a manifest's config and layers. An index
+    may name platforms that were never pulled (a pull of one platform keeps the index whole), so
+    for an index: every platform manifest of it that is stored, complete, and at least one."""
+    if not store.has(root):
+        return [root]
+    try:
+        children = children_of(store.read_bytes(root), what=f"manifest {root}")
+    except InvalidManifest:
+        return []  # not a manifest: the blob itself is all there is
+    except BlobNotFound:
+        return [root]
+    if not children.is_index:
+        return [digest for digest in children.digests if not store.has(digest)]
+    stored = [child for child in children.digests if store.has(child)]
+    if not stored:
+        return children.digests[:1]
+    return [digest for child in stored for digest in missing_blobs(store, child)]
 
 
 def record_image(
@@ -146,15 +173,33 @@ def load_image(store: BlobStore, ref: str, platform: Platform | None = None) -> 
     return load_manifest(store, ref, descriptor.digest, platform)
 
 
+def _stored_platform(store: BlobStore, ref: str, index: Index, platform: Platform | None) -> Descriptor:
+    """The index's manifest to read: ``platform``'s, which must be stored; with none asked, the
+    host's when stored, else the first stored one (a name pulled for arm64 on an amd64 host)."""
+    try:
+        chosen: Descriptor | None = index.choose(platform or Platform.host())
+    except InvalidManifest:
+        if platform is not None:
+            raise
+        chosen = None
+    if platform is None and (chosen is None or not store.has(chosen.digest)):
+        chosen = next((entry for entry in index.images() if store.has(entry.digest)), chosen)
+    if chosen is None or not store.has(chosen.digest):
+        wanted = platform or (chosen.platform if chosen else None) or Platform.host()
+        raise ImageNotFound(f"{ref}: platform {wanted} is not in the cache; pull it with --platform {wanted}")
+    return chosen
+
+
 def load_manifest(store: BlobStore, ref: str, digest: Digest, platform: Platform | None = None) -> CachedImage:
     try:
         parsed = parse_manifest_or_index(store.read_bytes(digest), what=f"manifest of {ref}")
-        if isinstance(parsed, Index):
-            chosen = parsed.choose(platform or Platform.host())
+        index = parsed if isinstance(parsed, Index) else None
+        if index is not None:
+            chosen = _stored_platform(store, ref, index, platform)
             parsed = parse_manifest_or_index(store.read_bytes(chosen.digest), what=f"manifest of {ref}")
-            if isinstance(parsed, Index):
-                raise InvalidManifest(f"manifest of {ref}: nested index is not supported")
+        if not isinstance(parsed, Manifest):
+            raise InvalidManifest(f"manifest of {ref}: nested index is not supported")
         config = parse_config(store.read_bytes(parsed.config.digest), f"config of {ref}")
     except BlobNotFound as error:
         raise evicted_while_read(ref, error) from None
-    return CachedImage(store, ref, parsed, config)
+    return CachedImage(store, ref, parsed, config, index, platform is not None)

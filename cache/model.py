@@ -284,6 +284,12 @@ def parse_config(raw: bytes, what: str = "config") -> ImageConfig:
     return ImageConfig(raw, diff_ids, Platform.from_json(document))
 
 
+def build_index(manifests: list[Descriptor]) -> bytes:
+    """Bytes of an OCI image index, serialised the same way every time (so the digest is stable)."""
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [m.to_json() for m in manifests]}
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
 def build_manifest(config: Descriptor, layers: list[Descriptor]) -> bytes:
     """Bytes of an OCI image manifest, serialised the same way every time (so the digest is stable)."""
     document = {

@@ -17,14 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cache.digest import Digest
 from cache.errors import BlobNotFound, InvalidReference, evicted_while_read
 from cache.fsutil import replacing
-from cache.images import CachedImage
+from cache.graph import link_derived
+from cache.images import CachedImage, load_manifest
+from cache.model import OCI_INDEX, Descriptor, build_index
 from cache.refs import ImageRef
 from cache.sinks.archive import write_archive
 from cache.sinks.daemon import load_into_daemon
 from cache.sinks.layout import write_layout
-from cache.sinks.transcode import COMPRESSIONS, transcode
+from cache.sinks.transcode import COMPRESSIONS, TRANSCODE_SOURCE, LayerOutcome, transcode
 from cache.store import BlobStore
 
 # dockerd before 23 cannot decompress zstd layers in `docker load` (moby#41759 landed in 23.0)
@@ -94,14 +97,13 @@ def _export(store: BlobStore, image: CachedImage, destination: str, compression:
     dest = parse_destination(destination)
     if compression not in COMPRESSIONS:
         raise InvalidReference(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+    if dest.kind == "oci" and image.platforms is not None and not image.chosen:
+        return _export_platforms(store, image, dest, destination, compression, started)
     avoid = DOCKER_UNREADABLE if dest.kind != "oci" else ()
     result = transcode(store, image, compression, avoid=avoid)
     manifest = result.manifest
-    report = ExportReport(image.ref, destination, str(manifest.digest), compression, [
-        {"digest": str(o.descriptor.digest), "media_type": o.descriptor.media_type, "size": o.descriptor.size,
-         "transcoded": o.transcoded, "reused": o.reused}
-        for o in result.layers
-    ])
+    report = ExportReport(image.ref, destination, str(manifest.digest), compression,
+                          [_layer_json(outcome) for outcome in result.layers])
     if dest.kind == "oci":
         blobs = [manifest.config.digest, *(layer.digest for layer in manifest.layers), manifest.digest]
         placed = write_layout(store, blobs, manifest.descriptor(image.config.platform), Path(dest.path),
@@ -117,6 +119,43 @@ def _export(store: BlobStore, image: CachedImage, destination: str, compression:
     store.index.touch_image(image.ref)
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def _export_platforms(store: BlobStore, image: CachedImage, dest: Destination, destination: str,
+                      compression: str, started: float) -> ExportReport:
+    """A multi-platform name to an OCI layout: every stored platform, under one index. The
+    original index when every platform is stored and nothing was transcoded (byte for byte); else
+    an index of what is stored, kept in the store and linked from the original."""
+    platforms = image.platforms
+    assert platforms is not None
+    entries: list[Descriptor] = []
+    blobs: list[Digest] = []
+    report = ExportReport(image.ref, destination, "", compression)
+    for entry in image.stored_platforms():
+        result = transcode(store, load_manifest(store, image.ref, entry.digest), compression)
+        manifest = result.manifest
+        blobs += [manifest.config.digest, *(layer.digest for layer in manifest.layers), manifest.digest]
+        entries.append(entry if manifest.digest == entry.digest else
+                       entry._replace(media_type=manifest.media_type, digest=manifest.digest, size=len(manifest.raw)))
+        report.layers += [_layer_json(outcome) for outcome in result.layers]
+    if entries == list(platforms.manifests):
+        top = Descriptor(platforms.media_type, platforms.digest, len(platforms.raw))
+    else:
+        raw = build_index(entries)
+        top = Descriptor(OCI_INDEX, store.put_bytes(raw, OCI_INDEX, TRANSCODE_SOURCE), len(raw))
+        link_derived(store, platforms.digest, top.digest)
+    placed = write_layout(store, [*blobs, top.digest], top, Path(dest.path), dest.name or image.ref)
+    report.digest = str(top.digest)
+    report.linked, report.copied, report.bytes_written = placed.linked, placed.copied, placed.copied_bytes
+    report.changed = bool(placed.linked or placed.copied or placed.index_changed)
+    store.index.touch_image(image.ref)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _layer_json(outcome: LayerOutcome) -> dict[str, Any]:
+    return {"digest": str(outcome.descriptor.digest), "media_type": outcome.descriptor.media_type,
+            "size": outcome.descriptor.size, "transcoded": outcome.transcoded, "reused": outcome.reused}
 
 
 def _tag_of(ref: str) -> str | None:

@@ -143,7 +143,7 @@ def _pull_online(
     recorded, recorded_platform = _what_to_record(store, top, options)
     if isinstance(top, Manifest):
         recorded_platform = config_platform  # a plain manifest's platform is in its config
-    record_image(store, name, recorded, platform=recorded_platform, source=source)
+    record_image(store, name, top, platform=recorded_platform if top is recorded else None, source=source)
     if remote is not None and (from_remote is None or client.bytes_received):  # it lacked some: fill it
         remote.push_later(store, recorded, "docker", name, ref)
     report = PullReport(name, str(recorded.digest), str(recorded_platform) if recorded_platform else None, source)
@@ -176,8 +176,10 @@ def _child_manifest(
 def _what_to_record(
     store: BlobStore, top: Manifest | Index, options: RegistryPullOptions
 ) -> tuple[Manifest | Index, Platform | None]:
-    """An index is recorded whole only with --all-platforms; otherwise the chosen platform's
-    manifest, so every image in index.json is complete and readable by any OCI client."""
+    """What the pull reports: the index with --all-platforms, else the chosen platform's manifest.
+    The name always points at what the reference pointed at (the index, kept whole even when only
+    one platform was pulled), so a plain pull after --all-platforms never narrows it, and serve
+    answers every platform's client with the index."""
     if isinstance(top, Manifest) or options.all_platforms:
         return top, None
     chosen = top.choose(options.platform or Platform.host())
@@ -198,7 +200,7 @@ def _report_from_store(
                 layers.append(LayerReport(str(layer.digest), str(diff_id) if diff_id else None,
                                           layer.size, layer.media_type, reused=True))
     recorded, platform = _what_to_record(store, top, options)
-    record_image(store, name, recorded, platform=platform, source=source)
+    record_image(store, name, top, platform=platform if top is recorded else None, source=source)
     store.index.touch_blobs([Digest(layer.digest[7:]) for layer in layers])
     report = PullReport(name, str(recorded.digest), str(platform) if platform else None, source, layers)
     report.bytes_reused = sum(layer.size for layer in layers)
