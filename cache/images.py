@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
 from cache.digest import Digest
-from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, evicted_while_read
+from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError, evicted_while_read
 from cache.graph import ContentGraph
 from cache.model import (
     MAX_MANIFEST_BYTES,
@@ -19,6 +19,7 @@ from cache.model import (
     Index,
     Manifest,
     Platform,
+    artifact_config,
     children_of,
     parse_config,
     parse_manifest_or_index,
@@ -52,6 +53,13 @@ class CachedImage(NamedTuple):
     @property
     def digest(self) -> Digest:
         return self.manifest.digest
+
+    def require_image(self, what: str) -> None:
+        """Refuse, in one line, to do ``what`` (needs a file system) with an OCI artifact."""
+        kind = self.manifest.artifact_type
+        if kind is not None:
+            raise LayerhoardError(f"{self.ref} is an OCI artifact ({kind}), not a container image: "
+                                  f"{what} needs an image (export it to oci:DIR instead)")
 
     @property
     def layers(self) -> tuple[Descriptor, ...]:
@@ -199,7 +207,9 @@ def load_manifest(store: BlobStore, ref: str, digest: Digest, platform: Platform
             parsed = parse_manifest_or_index(store.read_bytes(chosen.digest), what=f"manifest of {ref}")
         if not isinstance(parsed, Manifest):
             raise InvalidManifest(f"manifest of {ref}: nested index is not supported")
-        config = parse_config(store.read_bytes(parsed.config.digest), f"config of {ref}")
+        raw_config = store.read_bytes(parsed.config.digest)
+        config = parse_config(raw_config, f"config of {ref}") if parsed.artifact_type is None \
+            else artifact_config(raw_config)
     except BlobNotFound as error:
         raise evicted_while_read(ref, error) from None
     return CachedImage(store, ref, parsed, config, index, platform is not None)

@@ -26,6 +26,7 @@ OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.ta
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+IMAGE_CONFIG_TYPES = (OCI_CONFIG, DOCKER_CONFIG)
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
@@ -163,6 +164,16 @@ class Manifest(NamedTuple):
     def descriptor(self, platform: Platform | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw), platform)
 
+    @property
+    def artifact_type(self) -> str | None:
+        """None for a container image; else what the artifact is: its ``artifactType``, or its
+        config's media type when that is not an image config (OCI 1.1 artifacts: signatures, SBOMs,
+        Helm charts, anything oras pushes). An artifact's blobs are not layers with diff_ids."""
+        if self.config.media_type in IMAGE_CONFIG_TYPES and b'"artifactType"' not in self.raw:
+            return None
+        declared = _load_json(self.raw, "manifest", MAX_MANIFEST_BYTES).get("artifactType")
+        return declared if isinstance(declared, str) and declared else self.config.media_type
+
 
 class Index(NamedTuple):
     """An OCI index or Docker manifest list with the exact bytes it came from."""
@@ -270,6 +281,11 @@ class ImageConfig(NamedTuple):
     @property
     def digest(self) -> Digest:
         return sha256_of(self.raw)
+
+
+def artifact_config(raw: bytes) -> ImageConfig:
+    """An artifact's config as the image model carries it: its bytes, no layers, no platform."""
+    return ImageConfig(raw, (), None)
 
 
 def parse_config(raw: bytes, what: str = "config") -> ImageConfig:

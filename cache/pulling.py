@@ -21,7 +21,15 @@ from cache.compression import CorruptLayer, DiffIdHasher
 from cache.digest import Digest
 from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, LayerhoardError, SizeMismatch
 from cache.images import BlobsEvicted
-from cache.model import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, compression_of, parse_config
+from cache.model import (
+    MAX_CONFIG_BYTES,
+    Descriptor,
+    ImageConfig,
+    Manifest,
+    artifact_config,
+    compression_of,
+    parse_config,
+)
 from cache.progress import ProgressFactory, no_progress
 from cache.report import LayerReport
 from cache.store import BlobStore, BlobWriter
@@ -73,6 +81,8 @@ class BlobPuller:
         return self._read_stored(descriptor.digest)
 
     def pull_manifest(self, manifest: Manifest) -> PulledManifest:
+        if manifest.artifact_type is not None:
+            return self._pull_artifact(manifest)
         config = parse_config(self.small_blob(manifest.config), f"config {manifest.config.digest}")
         if len(config.diff_ids) != len(manifest.layers):
             raise InvalidManifest(
@@ -95,6 +105,17 @@ class BlobPuller:
                     raise
         reports = [fetched.get(layer.digest) or self.layer(layer, diff_id) for layer, diff_id in pairs]
         self.store.index.touch_blobs([layer.digest for layer in manifest.layers] + [manifest.config.digest])
+        return PulledManifest(manifest, config, reports)
+
+    def _pull_artifact(self, manifest: Manifest) -> PulledManifest:
+        """An OCI artifact (a signature, an SBOM, a chart): its config and blobs stored as they are,
+        each checked against its digest and size; its blobs are not layers, so no diff_id."""
+        config = artifact_config(self.small_blob(manifest.config))
+        reports = []
+        for blob in manifest.layers:
+            reused = self.store.has(blob.digest) or not self._store_blob(blob, None, None)
+            reports.append(LayerReport(str(blob.digest), None, blob.size, blob.media_type, reused=reused))
+        self.store.index.touch_blobs([blob.digest for blob in manifest.layers] + [manifest.config.digest])
         return PulledManifest(manifest, config, reports)
 
     def layer(self, layer: Descriptor, diff_id: Digest) -> LayerReport:

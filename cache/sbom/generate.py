@@ -67,6 +67,7 @@ def layer_record(image: CachedImage, index: int, records: SbomRecords) -> tuple[
 
 def image_sbom(image: CachedImage) -> ImageSbom:
     started = time.monotonic()
+    image.require_image("an SBOM")
     if len(image.config.diff_ids) != len(image.layers):
         raise InvalidManifest(f"{image.ref}: config lists {len(image.config.diff_ids)} diff_ids "
                               f"for {len(image.layers)} layers")

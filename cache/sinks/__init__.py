@@ -99,6 +99,8 @@ def _export(store: BlobStore, image: CachedImage, destination: str, compression:
         raise InvalidReference(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
     if dest.kind == "oci" and image.platforms is not None and not image.chosen:
         return _export_platforms(store, image, dest, destination, compression, started)
+    if dest.kind != "oci":
+        image.require_image(f"export to {dest.kind}:")
     avoid = DOCKER_UNREADABLE if dest.kind != "oci" else ()
     result = transcode(store, image, compression, avoid=avoid)
     manifest = result.manifest

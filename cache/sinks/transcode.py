@@ -65,6 +65,8 @@ def transcode(store: BlobStore, image: CachedImage, compression: str, *, avoid: 
     compression is in ``avoid`` (a consumer that cannot read them), which become gzip."""
     if compression not in COMPRESSIONS:
         raise LayerhoardError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+    if image.manifest.artifact_type is not None:  # an artifact's blobs are not layers: kept as they are
+        return Transcoded(image.manifest, tuple(LayerOutcome(blob, False, False) for blob in image.layers))
     if len(image.config.diff_ids) != len(image.layers):
         raise LayerhoardError(f"{image.ref}: config lists {len(image.config.diff_ids)} diff_ids "
                               f"for {len(image.layers)} layers")
