@@ -53,6 +53,16 @@ def usage(store: BlobStore) -> Usage:
     return result
 
 
+def image_size(store: BlobStore, digest: object, sizes: dict[Digest, int], graph: ContentGraph) -> int:
+    """The bytes of every blob an image reaches: blobs it shares with other images, and what was
+    derived from its own, included (what `ls` shows). 0 for a digest that does not parse."""
+    try:
+        root = parse_digest(digest)  # type: ignore[arg-type]
+    except InvalidDigest:
+        return 0
+    return sum(sizes.get(blob, 0) for blob in blobs_of(store, root, graph))
+
+
 def image_roots(store: BlobStore) -> list[Digest]:
     roots = []
     for entry in store.images():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, NamedTuple
 
-from cache.errors import SourceError
-from cache.images import BlobsEvicted
+from cache.errors import ImageNotFound, SourceError
+from cache.images import BlobsEvicted, CachedImage, load_image
 from cache.model import Platform
 from cache.progress import ProgressFactory, no_progress
 from cache.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
@@ -60,6 +60,22 @@ def pull(store: BlobStore, source: Source | str, options: PullOptions | None = N
         raise DiskFull(store.root) from None
     record_pull(store, source, report)
     return report
+
+
+def cached_or_pulled(
+    store: BlobStore, text: str, platform: Platform | None = None, remote: RemoteTier | None = None
+) -> CachedImage:
+    """The cached image ``text`` names (a registry reference, or any source), pulled through the
+    cache when it is missing: a registry name that is stored (with ``platform`` stored, when one is
+    asked) costs no request; any other source is pulled, which reuses what is stored."""
+    source = parse_source(text)
+    if isinstance(source, RegistrySource):
+        try:
+            return load_image(store, str(source.ref), platform)
+        except ImageNotFound:
+            pass
+    report = pull(store, source, PullOptions(platform=platform, remote=remote))
+    return load_image(store, report.ref, platform)
 
 
 def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:

@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import click
 
-from cache.errors import ImageNotFound
-from cache.images import CachedImage, load_image
 from cache.model import Platform
-from cache.pull import PullOptions, pull
-from cache.refs import RegistrySource, parse_source
+from cache.pull import cached_or_pulled
 from cache.sinks import export, parse_destination
 from cache.sinks.transcode import COMPRESSIONS
-from cache.store import BlobStore
 from cli.output import Context, pass_context
 from cli.remote import finish_remote, open_remote, remote_options
-
-if TYPE_CHECKING:
-    from cache.tier import RemoteTier
-
-
-def resolve_image(
-    store: BlobStore, text: str, platform: Platform | None, remote: RemoteTier | None = None
-) -> CachedImage:
-    """The cached image SRC names, pulled through the cache when it is missing (or not a registry ref)."""
-    source = parse_source(text)
-    if isinstance(source, RegistrySource):
-        try:
-            return load_image(store, str(source.ref), platform)
-        except ImageNotFound:
-            pass
-    report = pull(store, source, PullOptions(platform=platform, remote=remote))
-    return load_image(store, report.ref, platform)
 
 
 @click.command("export")
@@ -52,7 +30,7 @@ def export_command(ctx: Context, src: str, dst: str, compression: str, platform:
     """
     destination = parse_destination(dst)  # a bad DST fails before any pull
     remote = open_remote(ctx)
-    image = resolve_image(ctx.store, src, Platform.parse(platform) if platform else None, remote)
+    image = cached_or_pulled(ctx.store, src, Platform.parse(platform) if platform else None, remote)
     finish_remote(ctx, remote)  # the pull's pushes to the remote end before the export writes
     report = export(ctx.store, image, dst, compression)
     data = report.to_json()

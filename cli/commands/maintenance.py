@@ -6,17 +6,13 @@ import datetime
 
 import click
 
-from cache.digest import Digest, parse_digest
-from cache.errors import InvalidDigest
 from cache.graph import ContentGraph
-from cache.images import blobs_of
 from cache.index_json import ref_name_of
 from cache.lifecycle import gc as run_gc
-from cache.lifecycle import usage
+from cache.lifecycle import image_size, usage
 from cache.pins import pins as pinned_refs
 from cache.prune import blob_sizes
 from cache.rebuild import rebuild_index as rebuild_store_index
-from cache.store import BlobStore
 from cache.units import format_size, parse_duration
 from cli.output import Context, pass_context
 
@@ -40,7 +36,7 @@ def ls_command(ctx: Context) -> None:
     for entry in store.images():
         ref = ref_name_of(entry) or ""
         record = records.get(ref) or {}
-        size = _image_size(store, entry.get("digest"), sizes, graph)
+        size = image_size(store, entry.get("digest"), sizes, graph)
         rows.append({
             "ref": ref,
             "digest": entry.get("digest"),
@@ -60,16 +56,6 @@ def ls_command(ctx: Context) -> None:
             f"{'yes' if row['pinned'] else ''}"
         )
     ctx.result({"images": rows}, "\n".join(lines))
-
-
-def _image_size(store: BlobStore, digest: object, sizes: dict[Digest, int], graph: ContentGraph) -> int:
-    """The bytes of every blob the image reaches (blobs it shares with other images, and what was
-    derived from its own, included)."""
-    try:
-        root = parse_digest(digest)  # type: ignore[arg-type]
-    except InvalidDigest:
-        return 0
-    return sum(sizes.get(blob, 0) for blob in blobs_of(store, root, graph))
 
 
 @click.command("du")
