@@ -33,7 +33,7 @@ from cache.images import blobs_of
 from cache.index_json import ref_name_of
 from cache.lifecycle import BlobFacts, in_use, sweep
 from cache.pins import pins as pinned_refs
-from cache.refs import DaemonSource, ImageRef, RegistrySource, parse_source
+from cache.refs import DaemonSource, ImageRef, RegistrySource, daemon_image_name, parse_source
 from cache.store import BlobStore
 
 DEFAULT_PRUNE_GRACE = 600.0  # a pull that stored blobs 10 minutes ago and has not recorded them is dead
@@ -109,7 +109,7 @@ class PrunePlan:
 def resolve_ref(store: BlobStore, text: str) -> str:
     """The index.json name ``text`` means: as written (``ls`` names), else normalised the way pull
     records it (``alpine`` → ``docker.io/library/alpine:latest``, ``docker-daemon:app:1`` →
-    ``docker.io/library/app:1``). Raises ImageNotFound for an image that is not cached."""
+    ``docker-daemon:docker.io/library/app:1``). Raises ImageNotFound for an image that is not cached."""
     stored = {ref_name_of(entry) or "" for entry in store.images()}
     for candidate in _candidates(text):
         if candidate in stored:
@@ -130,7 +130,7 @@ def _candidates(text: str) -> Iterator[str]:
         yield str(ref)
     elif isinstance(source, DaemonSource):
         with contextlib.suppress(LayerhoardError):
-            yield str(ImageRef.parse(source.name))
+            yield daemon_image_name(str(ImageRef.parse(source.name)))
 
 
 # -- planning ------------------------------------------------------------------------------------

@@ -99,6 +99,16 @@ class RegistrySource(NamedTuple):
         return f"docker://{self.ref}"
 
 
+DAEMON_NAMES = "docker-daemon:"
+
+
+def daemon_image_name(ref: str) -> str:
+    """The index.json name of a daemon image: its normalised reference after ``docker-daemon:``, so
+    an image from the daemon and one pulled from a registry under the same name are two records
+    that never overwrite each other (skopeo reads it as ``oci:<cache>:docker-daemon:<ref>``)."""
+    return f"{DAEMON_NAMES}{ref}"
+
+
 class DaemonSource(NamedTuple):
     name: str  # as the daemon knows it: NAME:TAG, or an image ID
 

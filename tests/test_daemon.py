@@ -88,7 +88,7 @@ def test_cold_pull_then_cached_pull_makes_no_save(dockerd: Daemon, images: dict[
     mark = dockerd.mark()
     cold = pull_from_daemon(store, DaemonSource(name), docker_host=dockerd.host)
     assert len(dockerd.save_calls(mark)) == 1
-    assert cold.ref == "docker.io/lh/app:1" and cold.source == "docker-daemon:lh/app:1"
+    assert cold.ref == "docker-daemon:docker.io/lh/app:1" and cold.source == "docker-daemon:lh/app:1"
     assert [layer.diff_id for layer in cold.layers] == daemon_diff_ids(dockerd, name)
     assert not any(layer.reused for layer in cold.layers)
     assert {layer.media_type for layer in cold.layers} == {OCI_LAYER_ZSTD}
@@ -190,7 +190,7 @@ def test_cli_pull_json(dockerd: Daemon, images: dict[str, str], tmp_path: Path) 
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
     first = run()
-    assert first["ref"] == "docker.io/lh/base:1"
+    assert first["ref"] == "docker-daemon:docker.io/lh/base:1"
     mark = dockerd.mark()
     second = run()
     assert dockerd.save_calls(mark) == [] and second["bytes_fetched"] == 0
@@ -290,4 +290,4 @@ def test_stream_cut_off(dockerd: Daemon, images: dict[str, str], store: BlobStor
         pull_from_daemon(store, DaemonSource(images["app"]), docker_host=f"unix://{cutting_proxy.path}")
     assert "nothing was stored" in str(error.value) and "\n" not in str(error.value)
     assert snapshot(store) == before
-    assert store.image_descriptor("docker.io/lh/app:1") is None
+    assert store.image_descriptor("docker-daemon:docker.io/lh/app:1") is None

@@ -119,7 +119,7 @@ def test_save_stream_in_every_framing(fake_engine: FakeEngine, store: BlobStore,
     fake_engine.framing = framing
     report = pull_from_daemon(store, DaemonSource("app:1"), docker_host=_host(tmp_path))
     assert [layer.diff_id for layer in report.layers] == fake_engine.save.diff_ids
-    assert store.image_descriptor("docker.io/library/app:1") is not None
+    assert store.image_descriptor("docker-daemon:docker.io/library/app:1") is not None
     save = [r for r in fake_engine.requests if r.path.endswith("/get")]
     # Asked as HTTP/1.0, so that a real daemon sends the tar unframed; the rest as HTTP/1.1.
     assert [r.protocol for r in save] == ["HTTP/1.0"]
@@ -165,7 +165,7 @@ def test_tar_cut_between_two_members_is_caught(
     with pytest.raises(StreamCutOff, match=r"cut off .*nothing was stored") as error:
         pull_from_daemon(store, DaemonSource("app:1"), docker_host=_host(tmp_path))
     assert ("end-of-archive" in str(error.value)) == (framing == "close")
-    assert _stored(store) == before and store.image_descriptor("docker.io/library/app:1") is None
+    assert _stored(store) == before and store.image_descriptor("docker-daemon:docker.io/library/app:1") is None
     assert os.listdir(store.ingest_dir) == []
 
 
@@ -235,4 +235,4 @@ def test_current_docker_context_is_followed(
     monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
     assert connect().host == dockerd.host
     report = pull_from_daemon(store, DaemonSource("lh/context:1"))
-    assert store.image_descriptor("docker.io/lh/context:1") is not None and report.layers
+    assert store.image_descriptor("docker-daemon:docker.io/lh/context:1") is not None and report.layers

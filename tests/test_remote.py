@@ -85,7 +85,7 @@ def test_daemon_image_shared_by_name(tmp_path: Path, remote: Registry, dockerd: 
     second, stderr = lh(tmp_path / "b", "pull", f"docker-daemon:{name}", "--docker-host", no_daemon,
                         "--remote", shared)
     assert stderr == ""
-    assert (second["ref"], second["digest"]) == (f"docker.io/library/{name}", first["digest"])
+    assert (second["ref"], second["digest"]) == (f"docker-daemon:docker.io/library/{name}", first["digest"])
     assert second["bytes_from_remote"] > 0 and all(not layer["reused"] for layer in second["layers"])
     assert [layer["diff_id"] for layer in second["layers"]] == image.diff_ids
 

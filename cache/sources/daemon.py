@@ -23,7 +23,7 @@ from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest, InvalidReference, SourceError
 from cache.model import parse_config
 from cache.progress import ProgressFactory
-from cache.refs import DaemonSource, ImageRef
+from cache.refs import DaemonSource, ImageRef, daemon_image_name
 from cache.report import PullReport
 from cache.sources.dockersave import LayerChooser, SaveContents, SaveReader
 from cache.sources.engine import Engine, connect
@@ -45,7 +45,7 @@ def pull_from_daemon(
         info = engine.inspect(source.name)
         image_id = _digest(info.get("Id"), "image ID")
         diff_ids = [_digest(d, "layer diff_id") for d in (info.get("RootFS") or {}).get("Layers") or []]
-        ref = record_name(source.name, info)
+        ref = daemon_image_name(record_name(source.name, info))
         if store.has(image_id):
             config_raw = store.read_bytes(image_id)
             if list(parse_config(config_raw).diff_ids) == diff_ids:

@@ -34,7 +34,7 @@ from cache.images import record_image
 from cache.model import Manifest, Platform, parse_manifest_or_index
 from cache.progress import ProgressFactory, no_progress
 from cache.pulling import BlobPuller
-from cache.refs import DaemonSource, ImageRef
+from cache.refs import DaemonSource, ImageRef, daemon_image_name
 from cache.remote import platform_key
 from cache.report import PullReport
 from cache.sources.registry import RegistryPullOptions, pull_from_registry
@@ -98,7 +98,7 @@ def pull_daemon_via_remote(
     report = pull_from_daemon(store, source, docker_host=docker_host, progress=progress)
     if asked_remote or any(not layer.reused for layer in report.layers):
         top = parse_manifest_or_index(store.read_bytes(parse_digest(report.digest)), what=f"manifest of {name}")
-        remote.push_later(store, top, "daemon", report.ref)
+        remote.push_later(store, top, "daemon", name)  # the remote tags the plain name
     return report
 
 
@@ -149,8 +149,9 @@ def _pull_manifest(
         return None
     store.put_bytes(manifest.raw, manifest.media_type, source)
     platform = pulled.config.platform
-    record_image(store, name, manifest, platform=platform, source=source)
-    report = PullReport(name, str(manifest.digest), str(platform) if platform else None, source, pulled.layers)
+    local = daemon_image_name(name)  # the remote's tag follows the plain name; index.json keeps them apart
+    record_image(store, local, manifest, platform=platform, source=source)
+    report = PullReport(local, str(manifest.digest), str(platform) if platform else None, source, pulled.layers)
     report.bytes_from_remote = report.bytes_fetched = remote.bytes_served - served
     report.bytes_reused = sum(layer.size for layer in pulled.layers if layer.reused)
     report.seconds = round(time.monotonic() - started, 3)

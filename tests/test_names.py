@@ -1,0 +1,48 @@
+"""Names from different sources never overwrite each other (issue 15): a registry image and a daemon
+image with the same name are two records; serve keeps answering the registry's tag with the
+registry's digest, and gc keeps both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from cache.digest import parse_digest
+from cache.index_json import ref_name_of
+from cache.lifecycle import gc
+from cache.pull import PullOptions, pull
+from cache.refs import daemon_image_name
+from cache.store import BlobStore
+from tests.images import build_image, load_into_daemon, push, random_layer
+from tests.services import Daemon, Registry, skopeo
+from tests.test_serve import start
+
+pytestmark = [pytest.mark.registry, pytest.mark.daemon]
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def test_a_daemon_image_never_replaces_a_registry_image_of_the_same_name(
+        store: BlobStore, registry: Registry, dockerd: Daemon, tmp_path: Path) -> None:
+    from_registry = build_image(tmp_path / "r", [random_layer(20_000, 81)], tag="1")
+    ref = push(from_registry.layout, "1", registry, "t/alpha:1")
+    from_daemon = build_image(tmp_path / "d", [random_layer(30_000, 82)], tag="1")
+    load_into_daemon(from_daemon.layout, "1", dockerd, ref)  # the same name, other content
+
+    pulled = pull(store, ref)
+    local = pull(store, f"docker-daemon:{ref}", PullOptions(docker_host=dockerd.host))
+    assert local.ref == daemon_image_name(ref) != pulled.ref
+    names = {ref_name_of(entry): str(entry["digest"]) for entry in store.images()}
+    assert names[ref] == pulled.digest == from_registry.manifest_digest  # untouched
+    assert names[daemon_image_name(ref)] == local.digest != pulled.digest
+
+    with start(store, default_registry=registry.host) as server:
+        answer = requests.get(f"{server.url}/v2/t/alpha/manifests/1", headers={"Accept": MANIFEST}, timeout=10)
+    assert answer.headers["Docker-Content-Digest"] == from_registry.manifest_digest
+
+    gc(store, grace=0)
+    assert store.has(parse_digest(pulled.digest)) and store.has(parse_digest(local.digest))
+    config = skopeo("inspect", "--config", f"oci:{store.root}:{daemon_image_name(ref)}")
+    assert json.loads(config.stdout)["rootfs"]["diff_ids"] == from_daemon.diff_ids
