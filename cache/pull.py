@@ -68,6 +68,8 @@ def cached_or_pulled(
     """The cached image ``text`` names (a registry reference, or any source), pulled through the
     cache when it is missing: a registry name that is stored (with ``platform`` stored, when one is
     asked) costs no request; any other source is pulled, which reuses what is stored."""
+    if store.image_descriptor(text) is not None:  # a name as `ls` lists it (push:…, docker-daemon:…)
+        return load_image(store, text, platform)
     source = parse_source(text)
     if isinstance(source, RegistrySource):
         try:

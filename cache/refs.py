@@ -109,6 +109,24 @@ def daemon_image_name(ref: str) -> str:
     return f"{DAEMON_NAMES}{ref}"
 
 
+PUSHED_NAMES = "push:"
+SERVED_KINDS = (PUSHED_NAMES, "", DAEMON_NAMES)  # what serve answers a name with: the first stored wins
+
+
+def pushed_image_name(ref: str) -> str:
+    """The index.json name of an image pushed into ``serve``: ``push:`` and its reference, apart
+    from the registry image the cache mirrors under the same reference."""
+    return f"{PUSHED_NAMES}{ref}"
+
+
+def served_name(name: str) -> str:
+    """A stored name without its kind (``push:``, ``docker-daemon:``): the reference serve answers."""
+    for prefix in SERVED_KINDS:
+        if prefix and name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
 class DaemonSource(NamedTuple):
     name: str  # as the daemon knows it: NAME:TAG, or an image ID
 

@@ -72,7 +72,7 @@ def test_an_artifact_pushed_into_serve_is_kept_and_refused_where_a_file_system_i
         data = push_artifact(server.host, "team/chart:2", tmp_path / "push")
         (tmp_path / "back").mkdir()
         assert pull_artifact(server.host, "team/chart:2", tmp_path / "back") == data
-    image = load_image(store, "docker.io/team/chart:2")
+    image = load_image(store, "push:docker.io/team/chart:2")
     for attempt in (lambda: image_sbom(image),
                     lambda: export(store, image, f"docker-archive:{tmp_path / 'a.tar'}")):
         with pytest.raises(LayerhoardError, match=r"is an OCI artifact .* not a container image"):

@@ -159,7 +159,7 @@ def test_read_only_server_refuses_pushes(store: BlobStore) -> None:
 def test_pushes_monolithic_chunked_and_mount(store: BlobStore, tmp_path: Path, served: RegistryServer) -> None:
     image = build_image(tmp_path / "push", [random_layer(4000, 21), random_layer(90_000, 22)], tag="t")
     skopeo("copy", "--quiet", "--dest-tls-verify=false", f"oci:{image.layout}:t", f"docker://{served.host}/pushed/app:1")
-    assert store.image_descriptor("docker.io/pushed/app:1")["digest"] == image.manifest_digest  # type: ignore[index]
+    assert store.image_descriptor("push:docker.io/pushed/app:1")["digest"] == image.manifest_digest  # type: ignore[index]
     out = tmp_path / "back"
     skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://{served.host}/pushed/app:1", f"oci:{out}:x")
     assert json.loads(skopeo("inspect", "--config", f"oci:{out}:x").stdout)["rootfs"]["diff_ids"] == image.diff_ids

@@ -213,10 +213,10 @@ def test_skopeo_pulls_and_pushes_with_roles(store: BlobStore, tmp_path: Path, pk
         denied = fails("skopeo", "copy", "--dest-creds", creds(READER), "--dest-cert-dir", str(certs),
                        f"oci:{pushed.layout}:t", target)
         assert "denied" in denied.lower() or "403" in denied
-        assert store.image_descriptor("docker.io/team/pushed:1") is None
+        assert store.image_descriptor("push:docker.io/team/pushed:1") is None
         skopeo("copy", "--quiet", "--dest-creds", creds(PUSHER), "--dest-cert-dir", str(certs),
                f"oci:{pushed.layout}:t", target)
-        assert store.image_descriptor("docker.io/team/pushed:1")["digest"] == pushed.manifest_digest  # type: ignore[index]
+        assert store.image_descriptor("push:docker.io/team/pushed:1")["digest"] == pushed.manifest_digest  # type: ignore[index]
 
 
 def test_mutual_tls(store: BlobStore, tmp_path: Path, pki: Pki, htpasswd: Path) -> None:

@@ -15,7 +15,7 @@ from cache.digest import Digest, parse_digest
 from cache.errors import BlobNotFound, InvalidDigest, InvalidManifest, InvalidReference
 from cache.index_json import ref_name_of
 from cache.model import MAX_MANIFEST_BYTES, Index, Platform, parse_manifest_or_index
-from cache.refs import ImageRef
+from cache.refs import SERVED_KINDS, ImageRef, served_name
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
 from cache.store import BlobStore
@@ -69,10 +69,23 @@ def stored_manifest(store: BlobStore, digest: Digest) -> ManifestBody | None:
     return ManifestBody(raw, parsed.media_type, digest)
 
 
+def tagged_entry(store: BlobStore, repo: Repository, tag: str) -> tuple[str, dict[str, object]] | None:
+    """The stored name (and its entry) that ``repo:tag`` means in serve: an image pushed into serve
+    first, then the registry image the cache mirrors, then a daemon image of that name. The three
+    are kept apart in the cache (none overwrites another); serve answers with one."""
+    for kind in SERVED_KINDS:
+        name = f"{kind}{repo.full}:{tag}"
+        entry = store.image_descriptor(name)
+        if entry is not None:
+            return name, entry
+    return None
+
+
 def tagged_digest(store: BlobStore, repo: Repository, tag: str) -> Digest | None:
-    entry = store.image_descriptor(f"{repo.full}:{tag}")
-    if entry is None:
+    found = tagged_entry(store, repo, tag)
+    if found is None:
         return None
+    entry = found[1]
     try:
         return parse_digest(str(entry.get("digest")))
     except InvalidDigest:
@@ -107,7 +120,7 @@ def named_entries(entries: list[dict[str, object]]) -> Iterator[tuple[ImageRef, 
         if not name:
             continue
         try:
-            yield ImageRef.parse(name), entry
+            yield ImageRef.parse(served_name(name)), entry
         except InvalidReference:
             continue  # a name we did not write: not ours to serve
 

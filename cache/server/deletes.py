@@ -25,7 +25,7 @@ from cache.graph import unlink_referrer
 from cache.index_json import ref_name_of
 from cache.lifecycle import live_blobs
 from cache.model import subject_of
-from cache.server.content import named_entries, stored_manifest
+from cache.server.content import named_entries, stored_manifest, tagged_entry
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
 from cache.store import BlobStore
@@ -57,10 +57,11 @@ class Deleted:
 
 
 def delete_tag(store: BlobStore, repo: Repository, tag: str) -> None:
-    ref = f"{repo.full}:{tag}"
-    if not store.remove_image(ref):
+    """Remove the name ``repo:tag`` answers with (a pushed one first: see content.tagged_entry)."""
+    found = tagged_entry(store, repo, tag)
+    if found is None or not store.remove_image(found[0]):
         raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"tag": tag})
-    store.index.drop_image(ref)
+    store.index.drop_image(found[0])
 
 
 def delete_manifest(store: BlobStore, repo: Repository, digest: Digest, deleted: Deleted) -> None:

@@ -29,6 +29,7 @@ from cache.fsutil import InUse
 from cache.graph import link_referrer
 from cache.images import record_image
 from cache.model import Index, parse_manifest_or_index, subject_of
+from cache.refs import pushed_image_name
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
 from cache.store import BlobStore, disk_full
@@ -277,7 +278,8 @@ def put_manifest(store: BlobStore, repo: Repository, reference: Digest | str, ra
     store.put_bytes(raw, parsed.media_type, source=f"push:{repo.full}")
     if not isinstance(reference, Digest):  # a Digest is a str too: a push by digest names nothing
         try:
-            record_image(store, f"{repo.full}:{reference}", parsed, platform=None, source=f"push:{repo.full}")
+            record_image(store, pushed_image_name(f"{repo.full}:{reference}"), parsed, platform=None,
+                         source=f"push:{repo.full}")
         except BlobNotFound as error:  # an index whose children's blobs are not all stored
             raise RegistryError("MANIFEST_BLOB_UNKNOWN", str(error)) from None
     subject = subject_of(raw)
