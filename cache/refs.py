@@ -109,8 +109,15 @@ def daemon_image_name(ref: str) -> str:
     return f"{DAEMON_NAMES}{ref}"
 
 
+ARCHIVE_NAMES = "docker-archive:"
 PUSHED_NAMES = "push:"
-SERVED_KINDS = (PUSHED_NAMES, "", DAEMON_NAMES)  # what serve answers a name with: the first stored wins
+SERVED_KINDS = (PUSHED_NAMES, "", DAEMON_NAMES, ARCHIVE_NAMES)  # serve answers a name with the first stored
+
+
+def archive_image_name(ref: str) -> str:
+    """The index.json name of an image imported from a `docker save` tarball under one of its
+    RepoTags: ``docker-archive:`` and the reference, apart from the registry's image of that name."""
+    return f"{ARCHIVE_NAMES}{ref}"
 
 
 def pushed_image_name(ref: str) -> str:

@@ -102,7 +102,7 @@ def test_large_json_members_of_an_archive_file_are_never_read(tmp_path: Path) ->
     json_members_then(good.path, tmp_path / "json.tar", 30, 60_000_000)
     run = pull(tmp_path / "cache", str(tmp_path / "json.tar"))
     assert run.code == 0, run.stderr
-    assert run.stdout.startswith("docker.io/library/app:1 ")
+    assert run.stdout.startswith("docker-archive:docker.io/library/app:1 ")
     assert run.peak_mb < 150, f"peak RSS {run.peak_mb:.0f} MB"  # before: 1.9 GB
 
 

@@ -75,7 +75,7 @@ LAYERS = [random_layer(300_000, 11), random_layer(50_000, 12, compressible=True)
 def test_every_layout_imports_with_checked_diff_ids(store: BlobStore, tmp_path: Path, layout: str) -> None:
     save = write_save_tar(tmp_path / "save.tar", LAYERS, layout)
     report = pull_from_archive(store, ArchiveSource(str(save.path)))
-    ref = "docker.io/library/app:1" if layout != "index-only" else "localhost/save:latest"
+    ref = "docker-archive:docker.io/library/app:1" if layout != "index-only" else "localhost/save:latest"
     assert report.ref == ref
     assert [layer.diff_id for layer in report.layers] == save.diff_ids
     assert uncompressed_diff_ids(store, ref) == save.diff_ids
@@ -147,7 +147,7 @@ def test_compressed_tarball_imports(store: BlobStore, tmp_path: Path, compress: 
     packed.write_bytes(compress(save.path.read_bytes()))
     report = pull_from_archive(store, ArchiveSource(str(packed)))
     assert [layer.diff_id for layer in report.layers] == save.diff_ids
-    assert uncompressed_diff_ids(store, "docker.io/library/app:gz") == save.diff_ids
+    assert uncompressed_diff_ids(store, "docker-archive:docker.io/library/app:gz") == save.diff_ids
     short = tmp_path / "short.tar.gz"
     short.write_bytes(packed.read_bytes()[:-2000])
     with pytest.raises(StreamCutOff, match="ends early"):

@@ -8,8 +8,9 @@ metadata to keep (nothing else is read into memory, however many or large the ot
 are). From stdin (or a compressed tarball) that look is skipped: layers are kept unless their
 content says otherwise, and JSON members before manifest.json are held within the reader's budget.
 
-Names in index.json: each of the image's RepoTags, normalised (``app:1`` →
-``docker.io/library/app:1``); an untagged archive gets ``localhost/<file name without
+Names in index.json: each of the image's RepoTags, normalised after ``docker-archive:`` (``app:1``
+→ ``docker-archive:docker.io/library/app:1``, apart from the registry's image of that name); an
+untagged archive gets ``localhost/<file name without
 .tar>:latest`` (podman's ``localhost/`` for images from no registry; ``stdin`` for ``-``), or
 ``name`` when the caller gives one. The source is recorded as ``docker-archive:FILE``.
 """
@@ -28,7 +29,7 @@ from typing import IO
 from cache.errors import InvalidReference, LayerhoardError, SourceError
 from cache.model import MAX_CONFIG_BYTES, parse_config
 from cache.progress import ProgressFactory
-from cache.refs import ArchiveSource, ImageRef
+from cache.refs import ArchiveSource, ImageRef, archive_image_name
 from cache.report import PullReport
 from cache.sources.dockersave import (
     LayerChooser,
@@ -148,7 +149,7 @@ def _names(repo_tags: tuple[str, ...], path: str) -> list[str]:
     names = []
     for tag in repo_tags:
         with contextlib.suppress(InvalidReference):
-            names.append(str(ImageRef.parse(tag)))
+            names.append(archive_image_name(str(ImageRef.parse(tag))))
     if names:
         return list(dict.fromkeys(names))
     stem = "stdin" if path == "-" else Path(path).name
