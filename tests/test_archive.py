@@ -38,7 +38,8 @@ def test_tagged_archive_then_daemon_pull_needs_no_save(
     dockerd: Daemon, saved: dict[str, object], store: BlobStore
 ) -> None:
     report = pull_from_archive(store, ArchiveSource(str(saved["tagged"])))
-    assert report.ref == "docker-archive:docker.io/lh/archived:2" and report.source == f"docker-archive:{saved['tagged']}"
+    assert report.ref == "docker-archive:docker.io/lh/archived:2"
+    assert report.source == f"docker-archive:{saved['tagged']}"
     assert [layer.diff_id for layer in report.layers] == saved["diff_ids"]
     assert not any(layer.reused for layer in report.layers)
     # The daemon's copy of the same image is now entirely stored: same manifest, no save stream.
