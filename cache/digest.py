@@ -123,15 +123,7 @@ def iter_chunks(stream: BinaryIO | Iterable[bytes], chunk_size: int = CHUNK) -> 
 def hash_file(path: str, *, use_blake3: bool = False) -> str:
     """Hex sha256 (default) or blake3 of a whole file, read in large chunks."""
     with open(path, "rb") as handle:
-        return hash_handle(handle, use_blake3=use_blake3)
-
-
-def hash_handle(handle: BinaryIO, *, use_blake3: bool = False) -> str:
-    """Hex sha256 (default) or blake3 of what is left in an open file, read in large chunks."""
-    hasher = blake3.blake3() if use_blake3 else hashlib.sha256()
-    while chunk := handle.read(4 * CHUNK):
-        hasher.update(chunk)
-    return hasher.hexdigest()
+        return hash_fd(handle.fileno(), os.fstat(handle.fileno()).st_size, use_blake3=use_blake3)
 
 
 def hash_fd(fd: int, size: int, *, use_blake3: bool = False) -> str:

@@ -57,12 +57,21 @@ class Folder:
     def at(cls, root: Path, *parts: str, make: bool = True, mode: int | None = None) -> Folder:
         """Open ``root/parts...``: ``root`` as the user named it, each part below it without following
         a link. Missing parts are made (with ``mode`` when given: a shared cache's folder mode)."""
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        path = root
+        top = cls(root, os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if not parts:
+            return top
+        try:
+            return top.child(*parts, make=make, mode=mode)
+        finally:
+            top.close()
+
+    def child(self, *parts: str, make: bool = True, mode: int | None = None) -> Folder:
+        """The folder ``parts`` below this one, opened without following a link (made when missing)."""
+        fd, path = os.dup(self.fd), self.path
         for part in parts:
             path = path / part
             fd = _open_child(fd, part, path, make, mode)  # closes the parent, whatever happens
-        return cls(path, fd)
+        return Folder(path, fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -80,10 +89,6 @@ class Folder:
             return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-
-    def is_file(self, name: str) -> bool:
-        info = self.lstat(name)
-        return info is not None and stat.S_ISREG(info.st_mode)
 
     def names(self) -> Iterator[os.DirEntry[str]]:
         with os.scandir(self.fd) as entries:
@@ -217,27 +222,33 @@ class Folder:
 
 
 def _open_child(parent: int, name: str, path: Path, make: bool, mode: int | None) -> int:
-    """Open the folder ``name`` below the descriptor ``parent`` (which is closed), not following links."""
+    """Open the folder ``name`` below the descriptor ``parent`` (which is closed), not following links;
+    made first when missing and ``make`` (with ``mode``: a shared cache's folder mode)."""
     try:
-        made = False
-        if make:
-            try:
-                os.mkdir(name, 0o777, dir_fd=parent)
-                made = True
-            except FileExistsError:
-                pass
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=parent)
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafeFile(
-                    f"{path} is not a folder (a symbolic link or a file): a cache's folders must be "
-                    "real folders; remove it and run again"
-                ) from None
-            raise
-        if made and mode is not None:  # mkdir applied the umask; a shared cache wants its own mode
-            with contextlib.suppress(PermissionError):
-                os.fchmod(fd, mode)
-        return fd
+            return _open_folder(parent, name, path)
+        except FileNotFoundError:
+            if not make:
+                raise
+        with contextlib.suppress(FileExistsError):  # another process may make it meanwhile
+            os.mkdir(name, 0o777, dir_fd=parent)
+            if mode is not None:  # mkdir applied the umask; fchmod below, through the descriptor
+                fd = _open_folder(parent, name, path)
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(fd, mode)
+                return fd
+        return _open_folder(parent, name, path)
     finally:
         os.close(parent)
+
+
+def _open_folder(parent: int, name: str, path: Path) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=parent)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeFile(
+                f"{path} is not a folder (a symbolic link or a file): a cache's folders must be "
+                "real folders; remove it and run again"
+            ) from None
+        raise

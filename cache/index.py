@@ -21,7 +21,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,13 @@ class JsonOnlyDisk(diskcache.Disk):  # type: ignore[misc]
 class MetadataIndex:
     """Typed access to the diskcache of one store. Safe to share between processes."""
 
-    def __init__(self, directory: Path, lock_path: Path) -> None:
+    def __init__(self, directory: Path, lock_path: Path, before_open: Callable[[], None] | None = None) -> None:
+        """``before_open`` runs under the same lock, first (the store's checks of the SQLite files)."""
         directory.mkdir(parents=True, exist_ok=True)
         # Concurrent first opens of one SQLite file can fail (diskcache#266): serialise them.
         with file_lock(lock_path):
+            if before_open is not None:
+                before_open()
             # diskcache closes and reopens its connection while it opens. As the last connection to
             # the file, that close would checkpoint the WAL and delete it: two fsyncs, and one more
             # for the folder when the WAL is made again, in every command. A second connection held

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from cache.digest import Digest, parse_digest
-from cache.errors import BlobNotFound, InvalidDigest
+from cache.errors import InvalidDigest
 from cache.folder import Folder
 from cache.fsutil import remove_unless_in_use
 from cache.graph import ContentGraph
@@ -39,12 +39,7 @@ class Usage:
 
 def usage(store: BlobStore) -> Usage:
     result = Usage()
-    sizes: dict[Digest, int] = {}
-    for digest in store.digests():
-        try:
-            sizes[digest] = store.size(digest)
-        except BlobNotFound:
-            continue
+    sizes, _ = scan_blobs(store)
     result.blobs, result.bytes = len(sizes), sum(sizes.values())
     graph = ContentGraph.load(store)
     for root in image_roots(store):
@@ -98,6 +93,19 @@ def live_blobs(store: BlobStore, known: dict[Digest, set[Digest]] | None = None)
     return live
 
 
+def scan_blobs(store: BlobStore) -> tuple[dict[Digest, int], dict[Digest, float]]:
+    """Size and mtime of every entry of blobs/ named by a digest: one listing, one lstat each."""
+    sizes, mtimes = {}, {}
+    for entry in store.blobs_folder.names():
+        try:
+            digest = parse_digest(f"sha256:{entry.name}")
+            info = entry.stat(follow_symlinks=False)
+        except (InvalidDigest, FileNotFoundError):
+            continue
+        sizes[digest], mtimes[digest] = info.st_size, info.st_mtime
+    return sizes, mtimes
+
+
 @dataclass
 class BlobFacts:
     """What gc and prune ask of every blob, gathered at once rather than blob by blob (a cache of
@@ -111,19 +119,23 @@ class BlobFacts:
 
     @classmethod
     def gather(cls, store: BlobStore) -> BlobFacts:
-        sizes, mtimes = {}, {}
-        for entry in store.blobs_folder.names():
-            try:
-                digest = parse_digest(f"sha256:{entry.name}")
-                info = entry.stat(follow_symlinks=False)
-            except (InvalidDigest, FileNotFoundError):
-                continue
-            sizes[digest], mtimes[digest] = info.st_size, info.st_mtime
+        sizes, mtimes = scan_blobs(store)
         ingest = {}
         for entry in store.ingest_folder.names():
             with contextlib.suppress(FileNotFoundError):
                 ingest[entry.name] = entry.stat(follow_symlinks=False).st_mtime
         return cls(sizes, mtimes, store.index.last_used_of_blobs(), ingest)
+
+    @classmethod
+    def one(cls, store: BlobStore, digest: Digest) -> BlobFacts:
+        """The same facts of a single blob, asked now (a sweep's last look under the lock)."""
+        info = store.blobs_folder.lstat(digest.hex)
+        record = store.index.blob(digest) or {}
+        partial = f"sha256-{digest.hex}"
+        written = store.ingest_folder.lstat(partial)
+        return cls({} if info is None else {digest: info.st_size}, {} if info is None else {digest: info.st_mtime},
+                    {str(digest): float(record.get("last_used") or 0)},
+                    {} if written is None else {partial: written.st_mtime})
 
 
 def in_use(store: BlobStore, digest: Digest, cutoff: float, facts: BlobFacts | None = None) -> bool:
@@ -132,15 +144,7 @@ def in_use(store: BlobStore, digest: Digest, cutoff: float, facts: BlobFacts | N
     progress stores and touches its blobs before it records its image. ``facts`` answers from
     what was gathered at the start instead of asking again for each blob."""
     if facts is None:
-        facts = BlobFacts({}, {}, {}, {})
-        info = store.blobs_folder.lstat(digest.hex)
-        if info is not None:
-            facts.mtimes[digest] = info.st_mtime
-        record = store.index.blob(digest)
-        facts.last_used[str(digest)] = float((record or {}).get("last_used") or 0)
-        partial = store.ingest_folder.lstat(f"sha256-{digest.hex}")
-        if partial is not None:
-            facts.ingest[f"sha256-{digest.hex}"] = partial.st_mtime
+        facts = BlobFacts.one(store, digest)
     if facts.mtimes.get(digest, cutoff) >= cutoff:  # written since (or not listed: gone or new)
         return True
     if facts.last_used.get(str(digest), 0.0) >= cutoff:

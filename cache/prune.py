@@ -31,7 +31,7 @@ from cache.errors import BlobNotFound, ImageNotFound, InvalidDigest, LayerhoardE
 from cache.graph import ContentGraph
 from cache.images import blobs_of
 from cache.index_json import ref_name_of
-from cache.lifecycle import BlobFacts, in_use, sweep
+from cache.lifecycle import BlobFacts, in_use, scan_blobs, sweep
 from cache.pins import pins as pinned_refs
 from cache.refs import DaemonSource, ImageRef, RegistrySource, daemon_image_name, parse_source
 from cache.store import BlobStore
@@ -135,13 +135,7 @@ def _candidates(text: str) -> Iterator[str]:
 
 # -- planning ------------------------------------------------------------------------------------
 def blob_sizes(store: BlobStore) -> dict[Digest, int]:
-    sizes: dict[Digest, int] = {}
-    for entry in store.blobs_folder.names():
-        try:
-            sizes[parse_digest(f"sha256:{entry.name}")] = entry.stat(follow_symlinks=False).st_size
-        except (InvalidDigest, FileNotFoundError):
-            continue
-    return sizes
+    return scan_blobs(store)[0]
 
 
 def free_space(store: BlobStore) -> int:

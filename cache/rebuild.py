@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache.compression import CorruptLayer, DiffIdHasher
-from cache.digest import Digest, hash_handle
+from cache.digest import Digest, hash_fd
 from cache.errors import BlobNotFound, LayerhoardError
 from cache.graph import link_referrer
 from cache.index_json import REF_NAME
@@ -76,7 +76,7 @@ def rebuild_index(store: BlobStore) -> RebuildResult:
         try:
             with store.open(digest) as handle:
                 size = os.fstat(handle.fileno()).st_size
-                index.record_blob(digest, size, hash_handle(handle, use_blake3=True), None, "rebuilt")
+                index.record_blob(digest, size, hash_fd(handle.fileno(), size, use_blake3=True), None, "rebuilt")
                 if size <= MAX_MANIFEST_BYTES:  # a referrer names its subject: the graph's edge again
                     handle.seek(0)
                     named = subject_of(handle.read())

@@ -319,9 +319,9 @@ class BlobStore:
             make_dirs(self.root, self.root)
             mode = shared_mode(self.root)  # group-writable folders in a shared (setgid) cache folder
             self.root_folder = Folder.at(self.root)
-            self.blobs_folder = Folder.at(self.root, "blobs", "sha256", mode=mode)
-            self.ingest_folder = Folder.at(self.root, "ingest", mode=mode)
-            self.locks_folder = Folder.at(self.root, "locks", mode=mode)
+            self.blobs_folder = self.root_folder.child("blobs", "sha256", mode=mode)
+            self.ingest_folder = self.root_folder.child("ingest", mode=mode)
+            self.locks_folder = self.root_folder.child("locks", mode=mode)
         except OSError as error:
             raise LayerhoardError(f"cannot create cache folder {self.root}: {error.strerror}") from error
         if self.root_folder.lstat("oci-layout") is None:
@@ -335,11 +335,10 @@ class BlobStore:
     @property
     def index(self) -> MetadataIndex:
         if self._index is None:
-            meta = Folder.at(self.root, "meta", mode=shared_mode(self.root))
+            meta = self.root_folder.child("meta", mode=shared_mode(self.root))
             try:
-                with self.locks_folder.lock("meta.lock"):
-                    _check_meta_files(meta, self)
-                self._index = MetadataIndex(self.root / "meta", self.locks_dir / "meta.lock")
+                self._index = MetadataIndex(self.root / "meta", self.locks_dir / "meta.lock",
+                                            before_open=lambda: _check_meta_files(meta, self))
             except sqlite3.DatabaseError as error:  # never a traceback: the index is rebuildable
                 raise LayerhoardError(
                     f"the metadata index {self.root / 'meta'} is damaged ({error}); "
