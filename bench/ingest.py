@@ -30,8 +30,8 @@ from typing import Any, cast
 import blake3
 
 from bench.common import machine, markdown_table, mib, python_child, rate, run_child, timed
-from cache.digest import Digest, parse_digest
-from cache.store import BlobStore
+from cache.model.digest import Digest, parse_digest
+from cache.store.blobstore import BlobStore
 from cache.units import parse_size
 
 BLOCK = 16 << 20

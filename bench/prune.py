@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from bench.common import best_of, machine, markdown_table, timed
-from cache.digest import sha256_of
-from cache.index_json import REF_NAME
-from cache.policy import apply_after_write, set_value
-from cache.prune import PrunePolicy, plan_prune, prune
-from cache.store import BlobStore
+from cache.formats.index_json import REF_NAME
+from cache.model.digest import sha256_of
+from cache.store.blobstore import BlobStore
+from cache.upkeep.policy import apply_after_write, set_value
+from cache.upkeep.prune import PrunePolicy, plan_prune, prune
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

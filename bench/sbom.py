@@ -23,13 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from cache.images import CachedImage, load_image
-from cache.model import compression_of
-from cache.pull import PullOptions, pull
+from cache.ingest.pull import PullOptions, pull
+from cache.model.manifests import compression_of
 from cache.sbom import image_sbom
 from cache.sbom.layerstream import LayerStream
 from cache.sbom.records import SbomRecords
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import CachedImage, load_image
 from tests.images import build_image, tar_of
 
 _SYMBOLS = bytes(range(97, 113)) * 16  # 256 → 16 letters: 4 bits of entropy per byte

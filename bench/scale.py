@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from bench.common import REPO_ROOT, machine, markdown_table
-from cache.digest import Digest, Hasher
-from cache.index_json import REF_NAME
-from cache.pull import PullOptions, pull
-from cache.store import BlobStore
-from cache.warm import warm
+from cache.formats.index_json import REF_NAME
+from cache.ingest.pull import PullOptions, pull
+from cache.ingest.warm import warm
+from cache.model.digest import Digest, Hasher
+from cache.store.blobstore import BlobStore
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import requests
 
-from cache.images import load_image
-from cache.pull import PullOptions, pull
+from cache.ingest.pull import PullOptions, pull
 from cache.sinks import export
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from cache.units import format_size, parse_size
 from tests.images import build_image, push, tar_of
 from tests.services import Registry, free_port, stop_process, wait_until

@@ -6,7 +6,7 @@ The main entry points:
 """
 
 from cache.errors import LayerhoardError
-from cache.images import CachedImage, load_image, record_image
-from cache.store import BlobStore, default_cache_dir
+from cache.store.blobstore import BlobStore, default_cache_dir
+from cache.store.images import CachedImage, load_image, record_image
 
 __all__ = ["BlobStore", "CachedImage", "LayerhoardError", "default_cache_dir", "load_image", "record_image"]

@@ -33,7 +33,7 @@ COMMANDS = {
     "unpin": "cli.commands.lifecycle:unpin_command",
     "config": "cli.commands.lifecycle:config_command",
     "stats": "cli.commands.lifecycle:stats_command",
-    "push-cache": "cli.commands.remote:push_cache_command",
+    "push-cache": "cli.commands.push_cache:push_cache_command",
 }
 
 

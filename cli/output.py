@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cache.store import BlobStore, default_cache_dir
+from cache.store.blobstore import BlobStore, default_cache_dir
 
 
 @dataclass

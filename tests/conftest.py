@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.services import Daemon, Registry, start_daemon, start_registry
 
 SHARED_GROUP, MEMBER_USER = "lhbuilders", "lhtester"

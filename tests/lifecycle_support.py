@@ -8,10 +8,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.digest import parse_digest
-from cache.images import missing_blobs
-from cache.index_json import REF_NAME
-from cache.store import BlobStore
+from cache.formats.index_json import REF_NAME
+from cache.model.digest import parse_digest
+from cache.store.blobstore import BlobStore
+from cache.store.images import missing_blobs
 from tests.images import TestImage, build_image, push, random_layer
 from tests.services import Registry
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from cache.errors import SourceError
-from cache.refs import ArchiveSource, DaemonSource
+from cache.model.refs import ArchiveSource, DaemonSource
 from cache.sources.archive import pull_from_archive
 from cache.sources.daemon import pull_from_daemon
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.images import build_image, load_into_daemon, random_layer
 from tests.services import Daemon
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cache
-from cache.sources.dockersave import LayerChooser, SaveReader
-from cache.store import BlobStore
-from cache.tarstream import header_ok
+from cache.formats.docker_save import LayerChooser, SaveReader
+from cache.formats.tar import header_ok
+from cache.store.blobstore import BlobStore
 from tests.images import random_layer
 from tests.savetars import SaveTar, write_save_tar
 from tests.test_dockersave import PipeOnly

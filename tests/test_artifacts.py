@@ -11,11 +11,11 @@ import oras.client
 import pytest
 
 from cache.errors import LayerhoardError
-from cache.images import load_image
-from cache.pull import pull
+from cache.ingest.pull import pull
 from cache.sbom import image_sbom
 from cache.sinks import export
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.services import Registry
 from tests.test_serve import start
 

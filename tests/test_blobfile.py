@@ -11,10 +11,10 @@ from pathlib import Path
 import blake3
 import pytest
 
-from cache.compression import zstd_compressor
-from cache.folder import Folder
-from cache.sources.blobfile import ALIGN, DIRECT_BLOCK, BufferedFile, DirectFile, open_blob_file
+from cache.formats.compression import zstd_compressor
+from cache.ingest.blobfile import ALIGN, DIRECT_BLOCK, BufferedFile, DirectFile, open_blob_file
 from cache.sources.staging import BackgroundSink, StagedWriter
+from cache.store.folder import Folder
 from tests.images import random_layer
 
 SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, DIRECT_BLOCK - 1, DIRECT_BLOCK, DIRECT_BLOCK + 1, 3 * DIRECT_BLOCK + 12345]

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cache import pins
-from cache.digest import sha256_of
-from cache.fsutil import InUse
-from cache.store import BlobStore
+from cache.model.digest import sha256_of
+from cache.store import pins
+from cache.store.blobstore import BlobStore
+from cache.store.fsutil import InUse
 from cli.main import main
 from tests.images import build_image, random_layer
 from tests.test_store import REPO_ROOT, flip_a_byte, store_test_image

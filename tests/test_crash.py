@@ -22,8 +22,8 @@ import cache.sources.daemon  # noqa: F401 - loaded before forking, like everythi
 import cli.commands.lifecycle
 import cli.commands.maintenance
 import cli.commands.pull  # noqa: F401
-from cache.lifecycle import gc
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.upkeep.gc import gc
 from cli.main import main
 from tests.images import build_image, load_into_daemon, random_layer
 from tests.lifecycle_support import assert_store_sound, push_images, run_cli

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from cache.errors import SourceError
-from cache.refs import ImageRef
+from cache.model.refs import ImageRef
 from cache.registry.client import RegistryClient, RetryPolicy
 from cache.registry.credentials import Credentials, lookup
 from cache.sources.registry import pull_from_registry
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.faultserver import FaultRegistry
 from tests.images import OCI_MANIFEST, build_image, random_layer
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cache.digest import parse_digest
 from cache.errors import DaemonUnavailable, ImageNotFound, StreamCutOff
-from cache.images import load_image
-from cache.model import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
-from cache.pull import PullOptions, pull
-from cache.refs import DaemonSource
+from cache.formats.docker_save import LayerChooser, SaveReader
+from cache.ingest.pull import PullOptions, pull
+from cache.model.digest import parse_digest
+from cache.model.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from cache.model.refs import DaemonSource
 from cache.sources.daemon import pull_from_daemon
-from cache.sources.dockersave import LayerChooser, SaveReader
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.images import build_image, load_into_daemon, push, random_layer
 from tests.services import Daemon, Registry, skopeo
 

@@ -10,9 +10,9 @@ from typing import Any
 import blake3
 import pytest
 
-from cache.digest import Digest, Hasher, check, hash_file, iter_chunks, parse_digest, sha256_of
 from cache.errors import DigestMismatch, InvalidDigest, SizeMismatch
-from cache.store import BlobStore
+from cache.model.digest import Digest, Hasher, check, hash_file, iter_chunks, parse_digest, sha256_of
+from cache.store.blobstore import BlobStore
 
 HEX = hashlib.sha256(b"hello").hexdigest()
 

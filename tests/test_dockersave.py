@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cache.digest import parse_digest
 from cache.errors import DigestMismatch, NotADockerSave, StreamCutOff
-from cache.images import load_image
-from cache.model import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
-from cache.refs import ArchiveSource
+from cache.formats.docker_save import LayerChooser, SaveReader
+from cache.model.digest import parse_digest
+from cache.model.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from cache.model.refs import ArchiveSource
 from cache.sources.archive import pull_from_archive
-from cache.sources.dockersave import LayerChooser, SaveReader
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.images import random_layer
 from tests.savetars import sha256, write_save_tar
 

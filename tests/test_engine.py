@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from cache.errors import DaemonUnavailable, SourceError, StreamCutOff
-from cache.refs import DaemonSource
+from cache.model.refs import DaemonSource
 from cache.sources.daemon import pull_from_daemon
 from cache.sources.engine import SocketEngine, connect
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.images import build_image, load_into_daemon, random_layer
 from tests.savetars import SaveTar, write_save_tar
 from tests.services import Daemon

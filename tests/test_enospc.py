@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cache.digest import parse_digest
-from cache.store import BlobStore
+from cache.model.digest import parse_digest
+from cache.store.blobstore import BlobStore
 from tests.images import build_image, push, random_layer
 from tests.lifecycle_support import assert_store_sound, run_cli
 from tests.services import Registry

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cache.digest import parse_digest
-from cache.images import load_image
-from cache.pull import PullOptions, pull
+from cache.ingest.pull import PullOptions, pull
+from cache.model.digest import parse_digest
 from cache.sinks import export
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.images import TestImage, build_image, random_layer
 from tests.services import Daemon, skopeo
 

@@ -1,4 +1,4 @@
-"""The content graph's own edges (cache/graph.py): what an export transcoded lives as long as the
+"""The content graph's own edges (cache/store/graph.py): what an export transcoded lives as long as the
 image, a referrer lives as long as its subject, and gc --rebuild-index keeps every name, pin and
 referrer."""
 
@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache import pins
-from cache.digest import parse_digest
-from cache.graph import ContentGraph, link_referrer
-from cache.images import blobs_of, load_image
-from cache.index_json import ref_name_of
-from cache.lifecycle import gc
-from cache.rebuild import rebuild_index
+from cache.formats.index_json import ref_name_of
+from cache.model.digest import parse_digest
 from cache.sinks import export
-from cache.store import BlobStore
+from cache.store import pins
+from cache.store.blobstore import BlobStore
+from cache.store.graph import ContentGraph, link_referrer
+from cache.store.images import blobs_of, load_image
+from cache.upkeep.gc import gc
+from cache.upkeep.rebuild_index import rebuild_index
 from tests.test_export import cached
 
 ARTIFACT = "application/vnd.example.signature.v1+json"

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from cache import pins
-from cache.digest import sha256_of
 from cache.errors import LayerhoardError
-from cache.index import DBNAME, MetadataIndex
-from cache.rebuild import rebuild_index
-from cache.store import BlobStore
+from cache.model.digest import sha256_of
+from cache.store import pins
+from cache.store.blobstore import BlobStore
+from cache.store.metadata import DBNAME, MetadataIndex
+from cache.upkeep.rebuild_index import rebuild_index
 
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

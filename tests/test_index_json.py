@@ -1,4 +1,4 @@
-"""index.json at scale: one module reads and writes it (cache/index_json.py), the store keeps what it
+"""index.json at scale: one module reads and writes it (cache/formats/index_json.py), the store keeps what it
 wrote in memory, and a warm names its images in batches, each checked again before it is named."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cache.digest import sha256_of
 from cache.errors import LayerhoardError
-from cache.index_json import REF_NAME, ref_name_of
-from cache.pull import PullOptions, pull
-from cache.store import BlobStore
-from cache.warm import warm
+from cache.formats.index_json import REF_NAME, ref_name_of
+from cache.ingest.pull import PullOptions, pull
+from cache.ingest.warm import warm
+from cache.model.digest import sha256_of
+from cache.store.blobstore import BlobStore
 from tests.images import build_image, random_layer
 from tests.lifecycle_support import REPO_ROOT
 
@@ -36,7 +36,7 @@ def test_index_json_is_an_oci_index_with_one_entry_per_line(store: BlobStore) ->
 def test_a_write_by_another_process_is_seen(store: BlobStore) -> None:
     store.set_image("example.com/a:1", _descriptor(b"a"))
     assert [ref_name_of(e) for e in store.images()] == ["example.com/a:1"]  # now held in memory
-    script = ("import sys; from cache.store import BlobStore; "
+    script = ("import sys; from cache.store.blobstore import BlobStore; "
               "BlobStore(sys.argv[1]).set_image('example.com/b:1', "
               "{'mediaType': 'x', 'digest': 'sha256:' + 'b' * 64, 'size': 1})")
     subprocess.run([sys.executable, "-c", script, str(store.root)], check=True, cwd=REPO_ROOT)

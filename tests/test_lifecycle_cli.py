@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cache.digest import parse_digest
-from cache.store import BlobStore
+from cache.model.digest import parse_digest
+from cache.store.blobstore import BlobStore
 from cli.main import main
 from tests.lifecycle_support import (
     Pushed,

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from cache.digest import parse_digest
-from cache.index_json import ref_name_of
-from cache.lifecycle import gc
-from cache.pull import PullOptions, pull
-from cache.refs import daemon_image_name
-from cache.store import BlobStore
+from cache.formats.index_json import ref_name_of
+from cache.ingest.pull import PullOptions, pull
+from cache.model.digest import parse_digest
+from cache.model.refs import daemon_image_name
+from cache.store.blobstore import BlobStore
+from cache.upkeep.gc import gc
 from tests.images import build_image, load_into_daemon, push, random_layer
 from tests.services import Daemon, Registry, skopeo
 from tests.test_serve import start

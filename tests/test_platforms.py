@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cache.images import load_image
-from cache.index_json import ref_name_of
-from cache.model import Platform
-from cache.pull import PullOptions, pull
+from cache.formats.index_json import ref_name_of
+from cache.ingest.pull import PullOptions, pull
+from cache.model.manifests import Platform
 from cache.sinks import export
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.clients import Podman, start_podman
 from tests.images import TestImage, build_image, build_index, push, random_layer
 from tests.services import Registry, skopeo

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from cache import pins
-from cache.digest import parse_digest
 from cache.errors import ImageNotFound
-from cache.lifecycle import gc
-from cache.prune import PrunePolicy, blob_sizes, prune, resolve_ref
-from cache.pull import pull
-from cache.store import BlobStore
+from cache.ingest.pull import pull
+from cache.model.digest import parse_digest
+from cache.store import pins
+from cache.store.blobstore import BlobStore
+from cache.upkeep.gc import gc
+from cache.upkeep.prune import PrunePolicy, blob_sizes, prune, resolve_ref
 from tests.lifecycle_support import Pushed, assert_store_sound, image_blobs, push_images, refs, small_specs, stored
 from tests.services import Registry
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cache.digest import parse_digest
 from cache.errors import DigestMismatch, InvalidManifest, LayerhoardError
-from cache.pull import pull
-from cache.refs import ImageRef
+from cache.ingest.pull import pull
+from cache.ingest.report import PullReport
+from cache.model.digest import parse_digest
+from cache.model.refs import ImageRef
 from cache.registry.client import RegistryClient, RetryPolicy
-from cache.report import PullReport
 from cache.sources.registry import pull_from_registry
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.faultserver import FaultRegistry
 from tests.images import OCI_MANIFEST, TestImage, build_image, random_layer, sha256
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from cache.digest import Digest, parse_digest
 from cache.errors import ImageNotFound, LayerhoardError
-from cache.images import load_image
+from cache.model.digest import Digest, parse_digest
 from cache.sbom import image_sbom
 from cache.sinks import export
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.faultserver import FaultRegistry
 from tests.images import TestImage
 from tests.lifecycle_support import REPO_ROOT, Pushed, push_images, run_cli, small_specs

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from cache import BlobStore, load_image
-from cache.compression import DiffIdHasher
-from cache.digest import parse_digest
 from cache.errors import DigestMismatch, ImageNotFound, LayerhoardError
-from cache.model import compression_of
-from cache.pull import pull
-from cache.warm import read_image_list, read_zarf_images
+from cache.formats.compression import DiffIdHasher
+from cache.ingest.pull import pull
+from cache.ingest.warm import read_image_list, read_zarf_images
+from cache.model.digest import parse_digest
+from cache.model.manifests import compression_of
 from tests.images import build_image, push, random_layer
 from tests.services import Registry, skopeo
 

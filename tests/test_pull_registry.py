@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cache.digest import parse_digest
-from cache.images import load_image
-from cache.model import Platform
-from cache.pull import PullOptions, pull
-from cache.store import BlobStore
+from cache.ingest.pull import PullOptions, pull
+from cache.model.digest import parse_digest
+from cache.model.manifests import Platform
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from tests.images import build_image, build_index, push, random_layer
 from tests.services import Registry
 

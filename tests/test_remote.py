@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cache.remote import parse_remote, remote_tag
+from cache.remote.address import parse_remote, remote_tag
 from tests.images import TestImage, build_image, load_into_daemon, push, random_layer
 from tests.services import Daemon, Registry, free_port, start_registry
 

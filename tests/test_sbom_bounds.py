@@ -23,9 +23,9 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from cache.images import load_image
 from cache.sbom import ImageSbom, image_sbom, render
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from cli.main import main
 from tests.test_sbom_support import by_name, image_in_store, tar_with
 

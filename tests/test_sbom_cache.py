@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cache.images import load_image
 from cache.sbom import image_sbom
 from cache.sbom.catalogers import SCANNER_VERSION
 from cache.sbom.records import SbomRecords
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
 from cli.main import main
 from tests.images import build_image
 from tests.test_sbom_support import image_in_store, tar_with

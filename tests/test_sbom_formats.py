@@ -14,7 +14,7 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from cache.sbom import ImageSbom, render
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.test_sbom_support import files_from_host, sbom_of, tar_with
 
 STATUS = (b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\n"

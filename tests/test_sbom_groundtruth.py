@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from packageurl import PackageURL
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.test_sbom_support import by_name, files_from_host, sbom_of, tar_with, tree_of
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import zstandard
 from packageurl import PackageURL
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.test_sbom_support import by_name, sbom_of, tar_with
 
 SITE = "usr/lib/python3/dist-packages"

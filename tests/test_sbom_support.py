@@ -6,11 +6,11 @@ import io
 import tarfile
 from pathlib import Path
 
-from cache.images import CachedImage, load_image
-from cache.pull import PullOptions, pull
+from cache.ingest.pull import PullOptions, pull
 from cache.sbom import ImageSbom, image_sbom
 from cache.sbom.model import Package
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import CachedImage, load_image
 from tests.images import build_image, tar_of
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from cache.digest import parse_digest
-from cache.pull import PullOptions, pull
+from cache.ingest.pull import PullOptions, pull
+from cache.model.digest import parse_digest
 from cache.server import RegistryServer, ServeOptions, make_server
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.images import TestImage, build_image, push, random_layer
 from tests.services import Daemon, Registry, free_port, in_thread, skopeo, wait_until
 

@@ -16,11 +16,11 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from cache.digest import parse_digest
-from cache.graph import ContentGraph
-from cache.lifecycle import gc
+from cache.model.digest import parse_digest
 from cache.server import RegistryServer
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.graph import ContentGraph
+from cache.upkeep.gc import gc
 from cli.main import main
 from tests.test_serve import errors_of, start
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from cache.digest import parse_digest
+from cache.model.digest import parse_digest
 from cache.server import RegistryServer
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.lifecycle_support import REPO_ROOT, run_cli
 from tests.rawhttp import address_of, exchange, parse, read_all
 from tests.services import free_port, wait_until

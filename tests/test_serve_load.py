@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.rawhttp import address_of, exchange, parse, read_all
 from tests.test_serve import cached, start
 from tests.test_serve_hardening import serve_process

@@ -27,7 +27,7 @@ from cache.errors import LayerhoardError
 from cache.server import RegistryServer, ServeOptions, make_server
 from cache.server.auth import RELOAD_LOOK_SECONDS, Authenticator
 from cache.server.tls import server_context
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.clients import Containerd, Podman, start_containerd, start_podman
 from tests.images import build_image, random_layer
 from tests.lifecycle_support import REPO_ROOT, run_cli

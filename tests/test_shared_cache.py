@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from cli.main import main
 from tests.lifecycle_support import Pushed, assert_store_sound, push_images, refs, run_cli, small_specs, stored
 from tests.services import Registry

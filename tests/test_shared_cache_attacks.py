@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.lifecycle_support import Pushed, assert_store_sound, push_images, small_specs
 from tests.services import Registry
 from tests.test_serve import start

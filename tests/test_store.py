@@ -28,13 +28,13 @@ from typing import Any
 import blake3
 import pytest
 
-from cache.digest import Digest, hash_file, parse_digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, SizeMismatch
-from cache.images import load_image, record_image
-from cache.index_json import REF_NAME
-from cache.lifecycle import gc
-from cache.model import parse_manifest_or_index
-from cache.store import LAYOUT_VERSION, BlobStore
+from cache.formats.index_json import REF_NAME
+from cache.model.digest import Digest, hash_file, parse_digest, sha256_of
+from cache.model.manifests import parse_manifest_or_index
+from cache.store.blobstore import LAYOUT_VERSION, BlobStore
+from cache.store.images import load_image, record_image
+from cache.upkeep.gc import gc
 from tests.images import TestImage as BuiltImage  # aliased so pytest does not collect it
 from tests.images import build_image, random_layer
 from tests.services import skopeo
@@ -318,8 +318,8 @@ def test_waiting_process_reuses_what_the_lock_holder_stored(store: BlobStore) ->
 
 KILLED_CHILD = """
 import random, sys, time
-from cache.digest import parse_digest
-from cache.store import BlobStore
+from cache.model.digest import parse_digest
+from cache.store.blobstore import BlobStore
 
 root, digest, seed, size = sys.argv[1], parse_digest(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 data = random.Random(seed).randbytes(size)

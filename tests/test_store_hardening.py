@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.images import TestImage, build_image, random_layer
 from tests.lifecycle_support import REPO_ROOT, assert_store_sound, run_cli
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 from tests.images import build_image, load_into_daemon, random_layer
 from tests.lifecycle_support import REPO_ROOT, Pushed, assert_store_sound, push_images, run_cli, small_specs
 from tests.services import Daemon, Registry

@@ -1,4 +1,4 @@
-"""cache.tarstream against tarfile itself: every header form, compressed tars, truncation, bad headers."""
+"""cache.formats.tar against tarfile itself: every header form, compressed tars, truncation, bad headers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.tarstream import BLOCK, TarCutOff, TarFormatError, TarMember, TarStream, header_ok, open_tar
+from cache.formats.tar import BLOCK, TarCutOff, TarFormatError, TarMember, TarStream, header_ok, open_tar
 
 
 class Trickle(io.RawIOBase):

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from urllib.parse import urlencode, urljoin, urlparse
 
-from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, LayerhoardError, SourceError
-from cache.model import ACCEPT_ALL, MAX_MANIFEST_BYTES
+from cache.model.digest import Digest, sha256_of
+from cache.model.manifests import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from cache.registry.http import TRANSIENT, Body, Pool, Response, SpeedFloor, Timeout
 from cache.registry.proxy import is_loopback_host
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import BinaryIO
 from urllib.parse import urlencode, urlparse
 
-from cache.digest import Digest
 from cache.errors import SourceError
+from cache.model.digest import Digest
 from cache.registry.client import RegistryClient, _release
 from cache.registry.http import Response
 

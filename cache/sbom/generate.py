@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from cache.errors import BlobNotFound, InvalidManifest, evicted_while_read
-from cache.images import CachedImage
-from cache.model import compression_of
+from cache.model.manifests import compression_of
 from cache.sbom.catalogers import SCANNER_VERSION
 from cache.sbom.merge import merge
 from cache.sbom.model import Distro, LayerRecord, Package
@@ -16,6 +15,7 @@ from cache.sbom.packages import build_packages
 from cache.sbom.records import SbomRecords
 from cache.sbom.scan import scan_layer
 from cache.sbom.warnings import image_warnings
+from cache.store.images import CachedImage
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """A layer blob as a pull-style stream of its uncompressed tar, with bounded memory.
 
-cache.compression's writers are push-style: one write drains its whole input, so the output of a
+cache.formats.compression's writers are push-style: one write drains its whole input, so the output of a
 single call grows with the compression ratio (a zstd RLE block turns 4 bytes into 128 KiB). tarfile
 wants to pull, so this reader asks the decompressor for at most ``n`` bytes at a time instead and
 memory stays near one output chunk whatever the layer holds. It uses the same gzip backend (isal
-where installed) and the same corruption error as cache.compression.
+where installed) and the same corruption error as cache.formats.compression.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from cache.compression import CorruptLayer, fast_zlib
 from cache.errors import LayerhoardError
+from cache.formats.compression import CorruptLayer, fast_zlib
 
 INPUT_CHUNK = 1 << 20
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 
-from cache.index import MetadataIndex
 from cache.sbom.catalogers import SCANNER_VERSION
 from cache.sbom.model import LayerRecord
+from cache.store.metadata import MetadataIndex
 
 PREFIX = "sbom/"
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cache.images import CachedImage, load_image
-from cache.pull import PullOptions, pull
-from cache.refs import RegistrySource, parse_source
-from cache.report import PullReport
-from cache.store import BlobStore
+from cache.ingest.pull import PullOptions, pull
+from cache.ingest.report import PullReport
+from cache.model.refs import RegistrySource, parse_source
+from cache.store.blobstore import BlobStore
+from cache.store.images import CachedImage, load_image
 
 
 def cached_ref(store: BlobStore, text: str) -> str | None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cache.errors import LayerhoardError
-from cache.refs import DEFAULT_REGISTRY
+from cache.model.refs import DEFAULT_REGISTRY
 from cache.server.auth import Authenticator, check_listen
 from cache.server.deletes import Deleted
 from cache.server.handler import RegistryHandler
@@ -28,7 +28,7 @@ from cache.server.metrics import Family, Metrics
 from cache.server.names import normalise_registry
 from cache.server.uploads import DEFAULT_EXPIRY, DEFAULT_LIMIT, DEFAULT_MAX_SIZE, Uploads
 from cache.server.upstream import Upstreams
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 
 DEFAULT_LISTEN = "127.0.0.1:5050"
 

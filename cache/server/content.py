@@ -11,14 +11,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cache.digest import Digest, parse_digest
 from cache.errors import BlobNotFound, InvalidDigest, InvalidManifest, InvalidReference
-from cache.index_json import ref_name_of
-from cache.model import MAX_MANIFEST_BYTES, Index, Platform, parse_manifest_or_index
-from cache.refs import SERVED_KINDS, ImageRef, served_name
+from cache.formats.index_json import ref_name_of
+from cache.model.digest import Digest, parse_digest
+from cache.model.manifests import MAX_MANIFEST_BYTES, Index, Platform, parse_manifest_or_index
+from cache.model.refs import SERVED_KINDS, ImageRef, served_name
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # the spec's grammar: ASCII only
 

@@ -12,7 +12,7 @@
 
 Everything runs under index.json's lock, the one gc and prune sweep under and record_image checks
 completeness under, so no name is recorded for a blob while it is deleted. The reach is gc's mark
-(cache.lifecycle.live_blobs): a DELETE costs what a gc's mark costs, fine for an occasional call.
+(cache.upkeep.gc.live_blobs): a DELETE costs what a gc's mark costs, fine for an occasional call.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from cache.digest import Digest
-from cache.graph import unlink_referrer
-from cache.index_json import ref_name_of
-from cache.lifecycle import live_blobs
-from cache.model import subject_of
+from cache.formats.index_json import ref_name_of
+from cache.model.digest import Digest
+from cache.model.manifests import subject_of
 from cache.server.content import named_entries, stored_manifest, tagged_entry
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.graph import unlink_referrer
+from cache.upkeep.gc import live_blobs
 
 MAX_REMEMBERED = 10_000  # deletions remembered per process; the oldest is forgotten first
 

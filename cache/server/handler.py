@@ -29,17 +29,17 @@ from io import BufferedIOBase
 from typing import TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from cache.digest import Digest
 from cache.errors import BlobNotFound
-from cache.folder import UnsafeFile
-from cache.model import MAX_MANIFEST_BYTES, OCI_INDEX
+from cache.model.digest import Digest
+from cache.model.manifests import MAX_MANIFEST_BYTES, OCI_INDEX
 from cache.server import content, deletes
 from cache.server.auth import Unauthorized
 from cache.server.errors import RegistryError, disk_full_error
 from cache.server.names import Repository, normalise_registry, resolve
 from cache.server.referrers import referrers_index
 from cache.server.uploads import put_manifest
-from cache.store import DiskFull, disk_full
+from cache.store.blobstore import DiskFull, disk_full
+from cache.store.folder import UnsafeFile
 
 if TYPE_CHECKING:
     from cache.server import RegistryServer

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from cache.errors import InvalidReference
-from cache.refs import DEFAULT_REGISTRY, ImageRef
+from cache.model.refs import DEFAULT_REGISTRY, ImageRef
 from cache.server.errors import RegistryError
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"

@@ -1,6 +1,6 @@
 """The OCI 1.1 referrers API: ``GET /v2/<name>/referrers/<digest>`` answered from the content graph.
 
-A manifest pushed with a ``subject`` is linked to it (cache.graph.link_referrer) when it is stored,
+A manifest pushed with a ``subject`` is linked to it (cache.store.graph.link_referrer) when it is stored,
 so the answer is one index read for the edges and one small read per referrer for its descriptor
 (media type, size, artifactType, annotations). A subject with no referrers, or one never stored,
 gets an empty index: the spec allows referrers to arrive before their subject. The edges are the
@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cache.digest import Digest
-from cache.graph import referrers
-from cache.model import OCI_INDEX, subject_of
+from cache.model.digest import Digest
+from cache.model.manifests import OCI_INDEX, subject_of
 from cache.server.content import stored_manifest
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.graph import referrers
 
 
 def referrers_index(store: BlobStore, subject: Digest, artifact_type: str | None) -> bytes:

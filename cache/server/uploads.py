@@ -8,7 +8,7 @@ Chunked sessions expire after ``expiry`` seconds idle (a sweeper thread removes 
 most ``limit`` are open at once, and no blob grows past ``max_size`` bytes (413 SIZE_INVALID: a
 body that announces more is refused before it is read, a chunked one once it passes the cap).
 A manifest is stored only when every blob it names is, and a tag is recorded through
-cache.images.record_image, so index.json never names an incomplete image.
+cache.store.images.record_image, so index.json never names an incomplete image.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from cache.digest import Digest, Hasher, check, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, SizeMismatch
-from cache.fsutil import InUse
-from cache.graph import link_referrer
-from cache.images import record_image
-from cache.model import Index, parse_manifest_or_index, subject_of
-from cache.refs import pushed_image_name
+from cache.model.digest import Digest, Hasher, check, sha256_of
+from cache.model.manifests import Index, parse_manifest_or_index, subject_of
+from cache.model.refs import pushed_image_name
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
-from cache.store import BlobStore, disk_full
+from cache.store.blobstore import BlobStore, disk_full
+from cache.store.fsutil import InUse
+from cache.store.graph import link_referrer
+from cache.store.images import record_image
 
 DEFAULT_EXPIRY = 3600.0  # an upload idle this long (seconds) is abandoned
 DEFAULT_LIMIT = 1000  # open upload sessions at once

@@ -19,15 +19,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError
-from cache.fsutil import InUse
-from cache.images import missing_blobs, record_image
-from cache.model import Index, Manifest, Platform, parse_manifest_or_index
+from cache.model.digest import Digest, sha256_of
+from cache.model.manifests import Index, Manifest, Platform, parse_manifest_or_index
 from cache.registry.client import CHUNK, RegistryClient
 from cache.server.errors import RegistryError
 from cache.server.names import Repository, normalise_registry
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.fsutil import InUse
+from cache.store.images import missing_blobs, record_image
 
 
 def parse_upstreams(pairs: list[str]) -> dict[str, str]:

@@ -17,18 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cache.digest import Digest
 from cache.errors import BlobNotFound, InvalidReference, evicted_while_read
-from cache.fsutil import replacing
-from cache.graph import link_derived
-from cache.images import CachedImage, load_manifest
-from cache.model import OCI_INDEX, Descriptor, build_index
-from cache.refs import ImageRef
+from cache.model.digest import Digest
+from cache.model.manifests import OCI_INDEX, Descriptor, build_index
+from cache.model.refs import ImageRef
 from cache.sinks.archive import write_archive
 from cache.sinks.daemon import load_into_daemon
 from cache.sinks.layout import write_layout
 from cache.sinks.transcode import COMPRESSIONS, TRANSCODE_SOURCE, LayerOutcome, transcode
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.fsutil import replacing
+from cache.store.graph import link_derived
+from cache.store.images import CachedImage, load_manifest
 
 # dockerd before 23 cannot decompress zstd layers in `docker load` (moby#41759 landed in 23.0)
 DOCKER_UNREADABLE = ("zstd",)

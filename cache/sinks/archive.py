@@ -21,9 +21,9 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cache.digest import Digest
-from cache.model import Manifest
-from cache.store import BlobStore
+from cache.model.digest import Digest
+from cache.model.manifests import Manifest
+from cache.store.blobstore import BlobStore
 
 BLOCK = tarfile.BLOCKSIZE
 COPY_CHUNK = 4 << 20

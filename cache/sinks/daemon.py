@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from cache.errors import LayerhoardError
-from cache.model import Manifest
+from cache.model.manifests import Manifest
 from cache.sinks.archive import write_archive
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 
 PIPE_READ = 1 << 20
 

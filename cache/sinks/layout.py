@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.digest import Digest
 from cache.errors import LayerhoardError
-from cache.folder import Folder
-from cache.fsutil import replacing, write_atomic
-from cache.index_json import REF_NAME, encode_document, encode_line, ref_name_of
-from cache.model import OCI_INDEX, Descriptor
-from cache.store import LAYOUT_VERSION, BlobStore
+from cache.formats.index_json import REF_NAME, encode_document, encode_line, ref_name_of
+from cache.model.digest import Digest
+from cache.model.manifests import OCI_INDEX, Descriptor
+from cache.store.blobstore import LAYOUT_VERSION, BlobStore
+from cache.store.folder import Folder
+from cache.store.fsutil import replacing, write_atomic
 
 
 @dataclass

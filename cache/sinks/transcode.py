@@ -1,13 +1,13 @@
 """Re-compress an image's layers for a consumer: deterministic, verified, and kept in the store.
 
 Same input, same bytes: gzip is isal's deflate at a fixed level with a bare header (mtime 0, no
-file name), zstd is :func:`cache.compression.zstd_compressor`. A transcoded layer is stored as a
+file name), zstd is :func:`cache.formats.compression.zstd_compressor`. A transcoded layer is stored as a
 blob of its own and its diff_id pair recorded, but only after the uncompressed bytes were hashed
 here and matched the config's diff_id (invariant 4). A second export finds it again through
 ``blobs_for_diff_id`` and compresses nothing.
 
 The transcoded image gets a new OCI manifest (same config bytes, new layer descriptors), stored
-as a blob too. Each made blob is linked from what it was made from (cache/graph.py ``derived``), so
+as a blob too. Each made blob is linked from what it was made from (cache/store/graph.py ``derived``), so
 gc and prune keep it as long as an image reaches the original, and count it in that image's size.
 """
 
@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cache import compression as codecs
-from cache.compression import decompressing, zstd_compressor
-from cache.digest import Digest, iter_chunks
 from cache.errors import DigestMismatch, LayerhoardError
-from cache.graph import link_derived
-from cache.images import CachedImage
-from cache.model import (
+from cache.formats import compression as codecs
+from cache.formats.compression import decompressing, zstd_compressor
+from cache.model.digest import Digest, iter_chunks
+from cache.model.manifests import (
     OCI_CONFIG,
     OCI_LAYER,
     OCI_LAYER_GZIP,
@@ -35,12 +33,14 @@ from cache.model import (
     compression_of,
     parse_manifest,
 )
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.graph import link_derived
+from cache.store.images import CachedImage
 
 COMPRESSIONS = ("keep", "gzip", "zstd", "none")
 GZIP_LEVEL = 1  # isal's levels are 0-3; 1 runs at about 1.2 GB/s here with gzip -1's ratio
 TRANSCODE_SOURCE = "transcode"  # the index's source tag of blobs made here: the only ones reused
-# isal where installed, else zlib: chosen once by cache.compression
+# isal where installed, else zlib: chosen once by cache.formats.compression
 _ZLIB: Any = codecs.fast_zlib  # type: ignore[attr-defined]
 LAYER_TYPES = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
 

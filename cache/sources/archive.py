@@ -27,11 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from cache.errors import InvalidReference, LayerhoardError, SourceError
-from cache.model import MAX_CONFIG_BYTES, parse_config
-from cache.progress import ProgressFactory
-from cache.refs import ArchiveSource, ImageRef, archive_image_name
-from cache.report import PullReport
-from cache.sources.dockersave import (
+from cache.formats.docker_save import (
     LayerChooser,
     SaveReader,
     TooManyMembers,
@@ -40,9 +36,13 @@ from cache.sources.dockersave import (
     normalise,
     wanted_by,
 )
+from cache.formats.tar import TarError, TarHeaders
+from cache.ingest.report import PullReport
+from cache.model.manifests import MAX_CONFIG_BYTES, parse_config
+from cache.model.refs import ArchiveSource, ImageRef, archive_image_name
+from cache.progress import ProgressFactory
 from cache.sources.saveimage import commit, find_entries, pick_entry, prepare
-from cache.store import BlobStore
-from cache.tarstream import TarError, TarHeaders
+from cache.store.blobstore import BlobStore
 
 _PLAIN_TAR_MAGIC = b"ustar"
 

@@ -19,16 +19,16 @@ import re
 import time
 from typing import Any
 
-from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest, InvalidReference, SourceError
-from cache.model import parse_config
+from cache.formats.docker_save import LayerChooser, SaveContents, SaveReader
+from cache.ingest.report import PullReport
+from cache.model.digest import Digest, parse_digest
+from cache.model.manifests import parse_config
+from cache.model.refs import DaemonSource, ImageRef, daemon_image_name
 from cache.progress import ProgressFactory
-from cache.refs import DaemonSource, ImageRef, daemon_image_name
-from cache.report import PullReport
-from cache.sources.dockersave import LayerChooser, SaveContents, SaveReader
 from cache.sources.engine import Engine, connect
 from cache.sources.saveimage import MissingLayers, commit, find_entries, pick_entry, prepare, record_stored
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
 
 
 def pull_from_daemon(

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from cache.errors import DaemonUnavailable, ImageNotFound, SourceError
+from cache.formats.tar import Readable
 from cache.registry.http import TRANSIENT, Connection, Response, Timeout
 from cache.registry.proxy import proxy_for
-from cache.tarstream import Readable
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 API_TIMEOUT = 120  # ping, inspect and history; the save stream itself has no timeout (docker-py#2097)

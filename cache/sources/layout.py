@@ -13,16 +13,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cache.digest import sha256_of
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidReference, SourceError
-from cache.images import record_image
-from cache.index_json import REF_NAME
-from cache.model import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index
+from cache.formats.index_json import REF_NAME
+from cache.ingest.blobs import BlobPuller, Fetch
+from cache.ingest.report import PullReport
+from cache.model.digest import sha256_of
+from cache.model.manifests import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index
+from cache.model.refs import ImageRef, LayoutSource
 from cache.progress import ProgressFactory, no_progress
-from cache.pulling import BlobPuller, Fetch
-from cache.refs import ImageRef, LayoutSource
-from cache.report import PullReport
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import record_image
 
 READ_CHUNK = 1 << 20
 

@@ -10,21 +10,21 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
-from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
-from cache.images import missing_blobs, record_image
-from cache.model import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
+from cache.ingest.blobs import BlobPuller, evicted_while_pulled
+from cache.ingest.report import LayerReport, PullReport
+from cache.model.digest import Digest, sha256_of
+from cache.model.manifests import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
+from cache.model.refs import ImageRef
 from cache.progress import ProgressFactory, no_progress
-from cache.pulling import BlobPuller, evicted_while_pulled
-from cache.refs import ImageRef
 from cache.registry.client import RegistryClient
-from cache.report import LayerReport, PullReport
 from cache.sources import DEFAULT_JOBS
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import missing_blobs, record_image
 
 if TYPE_CHECKING:
     from cache.registry.http import SpeedFloor
-    from cache.tier import RemoteTier
+    from cache.remote.tier import RemoteTier
 
 
 class RegistryPullOptions(NamedTuple):
@@ -34,7 +34,7 @@ class RegistryPullOptions(NamedTuple):
     insecure: bool = False
     offline: bool = False
     progress: ProgressFactory = no_progress
-    remote: RemoteTier | None = None  # the team's remote tier: asked before the origin (cache/tier.py)
+    remote: RemoteTier | None = None  # the team's remote tier: asked before the origin (cache/remote/tier.py)
     floor: SpeedFloor | None = None  # None: the environment's, else the default (cache.registry.client.speed_floor)
 
 

@@ -5,7 +5,7 @@ through index.json (an OCI layout, following nested indexes). Every check happen
 is published: the config's sha256 is the name it was found under (and the image ID, when the
 caller knows it), every layer's diff_id is the config's, every layer has bytes (new and staged,
 or already stored). Then new blobs are published, their diff_id pairs recorded, the config kept
-byte for byte, an OCI manifest written (:func:`cache.model.build_manifest`) and the image named.
+byte for byte, an OCI manifest written (:func:`cache.model.manifests.build_manifest`) and the image named.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cache.digest import Digest, parse_digest, sha256_of
 from cache.errors import DigestMismatch, InvalidManifest, LayerhoardError, NotADockerSave, SourceError
-from cache.images import record_image
-from cache.model import (
+from cache.formats.docker_save import SaveContents, SavedLayer, SaveEntry, manifest_entries
+from cache.ingest.report import LayerReport, PullReport
+from cache.model.digest import Digest, parse_digest, sha256_of
+from cache.model.manifests import (
     OCI_CONFIG,
     OCI_MANIFEST,
     Descriptor,
@@ -30,11 +31,10 @@ from cache.model import (
     parse_manifest,
     parse_manifest_or_index,
 )
-from cache.report import LayerReport, PullReport
-from cache.sources.dockersave import SaveContents, SavedLayer, SaveEntry, manifest_entries
 from cache.sources.staging import StagedBlob
 from cache.sources.storedlayers import stored_layer
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.images import record_image
 
 
 class MissingLayers(LayerhoardError):

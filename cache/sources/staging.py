@@ -17,11 +17,11 @@ from typing import Any
 
 import zstandard
 
-from cache.digest import Digest, Hasher
-from cache.folder import Folder
-from cache.fsutil import InUse
-from cache.sources.blobfile import open_blob_file
-from cache.store import BlobStore
+from cache.ingest.blobfile import open_blob_file
+from cache.model.digest import Digest, Hasher
+from cache.store.blobstore import BlobStore
+from cache.store.folder import Folder
+from cache.store.fsutil import InUse
 
 
 @dataclass

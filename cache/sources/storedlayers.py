@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cache.digest import Digest
 from cache.errors import BlobNotFound
-from cache.model import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor, compression_of
-from cache.store import BlobStore
+from cache.model.digest import Digest
+from cache.model.manifests import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor, compression_of
+from cache.store.blobstore import BlobStore
 
 OCI_TYPE_OF = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
 # A registry's gzip blob first: its digest is the one the rest of the world knows; then our zstd.

@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from cache.digest import Digest
+from cache.model.digest import Digest
 
 _DECODER = json.JSONDecoder()
 

@@ -6,12 +6,12 @@ import json
 
 import click
 
-from cache.model import Platform
-from cache.pull import cached_or_pulled
+from cache.ingest.pull import cached_or_pulled
+from cache.model.manifests import Platform
 from cache.sinks import export, parse_destination
 from cache.sinks.transcode import COMPRESSIONS
 from cli.output import Context, pass_context
-from cli.remote import finish_remote, open_remote, remote_options
+from cli.remote_options import finish_remote, open_remote, remote_options
 
 
 @click.command("export")

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import click
 
-from cache import pins
-from cache.policy import KEYS, ConfigError, load_config, policy_limits, set_value, unset_value
-from cache.prune import PrunePlan, PrunePolicy, prune, resolve_ref
-from cache.stats import KINDS, stats
+from cache.store import pins
 from cache.units import format_size, parse_duration, parse_size
+from cache.upkeep.policy import KEYS, ConfigError, load_config, policy_limits, set_value, unset_value
+from cache.upkeep.prune import PrunePlan, PrunePolicy, prune, resolve_ref
+from cache.upkeep.stats import KINDS, stats
 from cli.output import Context, pass_context
 
 

@@ -6,14 +6,14 @@ import datetime
 
 import click
 
-from cache.graph import ContentGraph
-from cache.index_json import ref_name_of
-from cache.lifecycle import gc as run_gc
-from cache.lifecycle import image_size, usage
-from cache.pins import pins as pinned_refs
-from cache.prune import blob_sizes
-from cache.rebuild import rebuild_index as rebuild_store_index
+from cache.formats.index_json import ref_name_of
+from cache.store.graph import ContentGraph
+from cache.store.pins import pins as pinned_refs
 from cache.units import format_size, parse_duration
+from cache.upkeep.gc import gc as run_gc
+from cache.upkeep.gc import image_size, usage
+from cache.upkeep.prune import blob_sizes
+from cache.upkeep.rebuild_index import rebuild_index as rebuild_store_index
 from cli.output import Context, pass_context
 
 

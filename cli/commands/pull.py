@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cache.errors import LayerhoardError
-from cache.model import Platform
-from cache.policy import apply_after_write
+from cache.ingest.pull import PullOptions, pull
+from cache.ingest.report import PullReport
+from cache.model.manifests import Platform
 from cache.progress import NoProgress, Progress, ProgressFactory
-from cache.pull import PullOptions, pull
-from cache.report import PullReport
 from cache.sources import DEFAULT_JOBS
 from cache.units import format_size
+from cache.upkeep.policy import apply_after_write
 from cli.output import Context, pass_context
-from cli.remote import finish_remote, open_remote, remote_options
+from cli.remote_options import finish_remote, open_remote, remote_options
 
 if TYPE_CHECKING:
     from cache.registry.http import SpeedFloor
@@ -145,7 +145,7 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
     """
     if export_to is not None and not export_to.startswith("oci:"):
         raise click.BadParameter("warm exports into one OCI layout: give oci:DIR", param_hint="--export")
-    from cache.warm import package, read_image_list, read_zarf_images, warm  # here: pull never needs it
+    from cache.ingest.warm import package, read_image_list, read_zarf_images, warm  # here: pull never needs it
 
     wanted = list(sources)
     if list_file:

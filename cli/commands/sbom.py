@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from cache.errors import LayerhoardError
-from cache.fsutil import write_atomic
-from cache.model import Platform
-from cache.pull import PullOptions
+from cache.ingest.pull import PullOptions
+from cache.model.manifests import Platform
 from cache.sbom import FORMATS, image_sbom, render
 from cache.sbom.source import image_for
+from cache.store.fsutil import write_atomic
 from cli.output import Context, pass_context
-from cli.remote import finish_remote, open_remote, remote_options
+from cli.remote_options import finish_remote, open_remote, remote_options
 
 
 @click.command("sbom")

@@ -6,7 +6,7 @@ import ssl
 
 import click
 
-from cache.refs import DEFAULT_REGISTRY
+from cache.model.refs import DEFAULT_REGISTRY
 from cache.server import DEFAULT_LISTEN, ServeOptions, make_server, stderr_log
 from cache.server.auth import Authenticator
 from cache.server.tls import server_context

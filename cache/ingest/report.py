@@ -29,7 +29,7 @@ class PullReport:
     bytes_reused: int = 0
     seconds: float = 0.0
     requests: int = 0
-    bytes_from_remote: int = 0  # the part of bytes_fetched the team's remote tier served (cache/tier.py)
+    bytes_from_remote: int = 0  # the part of bytes_fetched the team's remote tier served (cache/remote/tier.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

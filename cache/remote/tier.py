@@ -25,16 +25,24 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cache.digest import Digest, sha256_of
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError, SourceError
-from cache.model import ACCEPT_ALL, Descriptor, Index, Manifest, Platform, parse_config, parse_manifest_or_index
-from cache.pulling import Fetch
-from cache.refs import ImageRef
+from cache.ingest.blobs import Fetch
+from cache.model.digest import Digest, sha256_of
+from cache.model.manifests import (
+    ACCEPT_ALL,
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    parse_config,
+    parse_manifest_or_index,
+)
+from cache.model.refs import ImageRef
 from cache.registry import push
 from cache.registry.client import RegistryClient, RetryPolicy
 from cache.registry.http import Timeout
-from cache.remote import INDEX_KEY, RemoteSpec, platform_key, remote_tag
-from cache.store import BlobStore
+from cache.remote.address import INDEX_KEY, RemoteSpec, platform_key, remote_tag
+from cache.store.blobstore import BlobStore
 
 # A remote that is down must cost seconds, not the origin's patient minutes of retries.
 REMOTE_RETRY = RetryPolicy(attempts=2, backoff=0.1, max_wait=2.0)

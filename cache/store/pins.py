@@ -15,9 +15,9 @@ import os
 import time
 
 from cache.errors import LayerhoardError
-from cache.folder import UnsafeFile
-from cache.fsutil import write_atomic
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.folder import UnsafeFile
+from cache.store.fsutil import write_atomic
 
 PINS_FILE = "pins.json"
 MAX_PINS_JSON = 16 << 20

@@ -15,8 +15,8 @@ from typing import Any
 
 import zstandard
 
-from cache.digest import Digest
 from cache.errors import LayerhoardError
+from cache.model.digest import Digest
 
 fast_zlib: types.ModuleType
 try:  # isal ships wheels for x86_64 and aarch64 only

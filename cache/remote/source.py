@@ -1,4 +1,4 @@
-"""Pulls that go through the team's remote tier (cache/tier.py) before the origin or the daemon.
+"""Pulls that go through the team's remote tier (cache/remote/tier.py) before the origin or the daemon.
 
 Registry images: the manifest is resolved through the remote (by digest, or by the name's tag),
 every blob is asked of the remote first; see cache/sources/registry.py. Bytes from the remote that
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import time
 
-from cache.compression import CorruptLayer
-from cache.digest import parse_digest
 from cache.errors import (
     BlobNotFound,
     DigestMismatch,
@@ -30,16 +28,18 @@ from cache.errors import (
     SizeMismatch,
     SourceError,
 )
-from cache.images import record_image
-from cache.model import Manifest, Platform, parse_manifest_or_index
+from cache.formats.compression import CorruptLayer
+from cache.ingest.blobs import BlobPuller
+from cache.ingest.report import PullReport
+from cache.model.digest import parse_digest
+from cache.model.manifests import Manifest, Platform, parse_manifest_or_index
+from cache.model.refs import DaemonSource, ImageRef, daemon_image_name
 from cache.progress import ProgressFactory, no_progress
-from cache.pulling import BlobPuller
-from cache.refs import DaemonSource, ImageRef, daemon_image_name
-from cache.remote import platform_key
-from cache.report import PullReport
+from cache.remote.address import platform_key
+from cache.remote.tier import RemoteTier
 from cache.sources.registry import RegistryPullOptions, pull_from_registry
-from cache.store import BlobStore
-from cache.tier import RemoteTier
+from cache.store.blobstore import BlobStore
+from cache.store.images import record_image
 
 _BAD_BYTES = (DigestMismatch, SizeMismatch, CorruptLayer)
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from cache.compression import CorruptLayer, DiffIdHasher
-from cache.digest import Digest
 from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, LayerhoardError, SizeMismatch
-from cache.images import BlobsEvicted
-from cache.model import (
+from cache.formats.compression import CorruptLayer, DiffIdHasher
+from cache.ingest.report import LayerReport
+from cache.model.digest import Digest
+from cache.model.manifests import (
     MAX_CONFIG_BYTES,
     Descriptor,
     ImageConfig,
@@ -31,8 +31,8 @@ from cache.model import (
     parse_config,
 )
 from cache.progress import ProgressFactory, no_progress
-from cache.report import LayerReport
-from cache.store import BlobStore, BlobWriter
+from cache.store.blobstore import BlobStore, BlobWriter
+from cache.store.images import BlobsEvicted
 
 # fetch(descriptor, offset, on_chunk, on_restart) -> bytes received from the source
 Fetch = Callable[[Descriptor, int, Callable[[bytes], None], Callable[[], None]], int]
@@ -241,5 +241,5 @@ def _check_diff_id(layer: Descriptor, actual: Digest | None, diff_id: Digest) ->
 
 def evicted_while_pulled(digest: Digest) -> BlobsEvicted:
     """A blob that was stored when looked at and is gone when read: a prune evicted it meanwhile.
-    The pull dispatcher (cache/pull.py) runs such a pull once more."""
+    The pull dispatcher (cache/ingest/pull.py) runs such a pull once more."""
     return BlobsEvicted(f"blob {digest} was evicted while in use; pull again")

@@ -31,13 +31,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from cache.digest import CHUNK, Digest, Hasher, check, hash_fd, iter_chunks, parse_digest, sha256_of
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
-from cache.folder import Folder, UnsafeFile
-from cache.fsutil import InUse, write_atomic
-from cache.index import DBNAME, MetadataIndex
-from cache.index_json import REF_NAME, NameFile, ref_name_of
-from cache.shared import make_dirs, share_meta, shared_mode
+from cache.formats.index_json import REF_NAME, NameFile, ref_name_of
+from cache.model.digest import CHUNK, Digest, Hasher, check, hash_fd, iter_chunks, parse_digest, sha256_of
+from cache.store.folder import Folder, UnsafeFile
+from cache.store.fsutil import InUse, write_atomic
+from cache.store.metadata import DBNAME, MetadataIndex
+from cache.store.shared import make_dirs, share_meta, shared_mode
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PUBLISHED_MODE = 0o444  # read-only for everyone: every blob we publish has this mode

@@ -27,12 +27,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.compression import CorruptLayer, DiffIdHasher
-from cache.digest import Digest, hash_fd
 from cache.errors import BlobNotFound, LayerhoardError
-from cache.graph import link_referrer
-from cache.index_json import REF_NAME
-from cache.model import (
+from cache.formats.compression import CorruptLayer, DiffIdHasher
+from cache.formats.index_json import REF_NAME
+from cache.model.digest import Digest, hash_fd
+from cache.model.manifests import (
     MAX_MANIFEST_BYTES,
     Descriptor,
     Manifest,
@@ -41,8 +40,9 @@ from cache.model import (
     parse_manifest_or_index,
     subject_of,
 )
-from cache.pins import PINS_FILE, pin, pins
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.graph import link_referrer
+from cache.store.pins import PINS_FILE, pin, pins
 
 
 @dataclass

@@ -23,8 +23,8 @@ import os
 from collections.abc import Iterable
 
 from cache.errors import LayerhoardError
-from cache.folder import Folder, UnsafeFile
-from cache.fsutil import write_atomic
+from cache.store.folder import Folder, UnsafeFile
+from cache.store.fsutil import write_atomic
 
 REF_NAME = "org.opencontainers.image.ref.name"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"

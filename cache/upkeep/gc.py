@@ -13,14 +13,14 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest
-from cache.folder import Folder
-from cache.fsutil import remove_unless_in_use
-from cache.graph import ContentGraph
-from cache.images import blobs_of
-from cache.pins import pins
-from cache.store import BlobStore
+from cache.model.digest import Digest, parse_digest
+from cache.store.blobstore import BlobStore
+from cache.store.folder import Folder
+from cache.store.fsutil import remove_unless_in_use
+from cache.store.graph import ContentGraph
+from cache.store.images import blobs_of
+from cache.store.pins import pins
 
 DEFAULT_GRACE = 3600.0
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from cache.digest import Digest, parse_digest, sha256_of
 from cache.errors import InvalidDigest, InvalidManifest
+from cache.model.digest import Digest, parse_digest, sha256_of
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from cache.digest import Digest, parse_digest
 from cache.errors import InvalidDigest, InvalidReference
+from cache.model.digest import Digest, parse_digest
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"

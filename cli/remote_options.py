@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cache.errors import InvalidReference
-from cache.policy import ConfigError, load_config
+from cache.upkeep.policy import ConfigError, load_config
 from cli.output import Context
 
 if TYPE_CHECKING:  # the tier brings the HTTP client: loaded only when a remote is in use
-    from cache.tier import RemoteTier
+    from cache.remote.tier import RemoteTier
 
 F = TypeVar("F", bound=Callable[..., Any])
 _META = "layerhoard.remote"
@@ -52,7 +52,7 @@ def open_remote(ctx: Context, *, insecure: bool = False, jobs: int = 4) -> Remot
         config = load_config(ctx.store.root)
     except ConfigError as error:
         if not given.get("remote"):
-            from cache.tier import warn_on_stderr
+            from cache.remote.tier import warn_on_stderr
 
             warn_on_stderr(f"remote not used: {error}")  # a broken config never fails a pull
             return None
@@ -61,13 +61,13 @@ def open_remote(ctx: Context, *, insecure: bool = False, jobs: int = 4) -> Remot
     if not text:
         return None
     read_only = bool(given.get("remote_read_only")) or config.get("remote-mode") == "read-only"
-    from cache.remote import parse_remote  # only with a remote: every pull and warm comes here
+    from cache.remote.address import parse_remote  # only with a remote: every pull and warm comes here
 
     try:
         spec = parse_remote(text, read_only)
     except InvalidReference as error:
         raise click.BadParameter(str(error), param_hint="--remote") from None
-    from cache.tier import RemoteTier
+    from cache.remote.tier import RemoteTier
 
     return RemoteTier(spec, insecure=insecure, jobs=jobs)  # its one warning shows even with -q
 

@@ -9,10 +9,10 @@ Keys, one namespace each:
   diffid/<diff_id>   {"<blob digest>": "<media type>", ...}  blobs whose uncompressed sha256 we computed
   blobdiff/<digest>  "<diff_id>"
   image/<ref>        {"ref", "digest", "media_type", "size", "platform", "source", "stored_at", "last_used"}
-  pin/<ref>          "<time pinned>"  (caches made before pins.json only: cache/pins.py)
+  pin/<ref>          "<time pinned>"  (caches made before pins.json only: cache/store/pins.py)
   stat/<name>        integer counters
   edge/<kind>/<digest>  {"<child digest>": "<note>", ...}  content-graph edges no manifest names
-                     (cache/graph.py: a blob's derived blobs, a subject's referrers)
+                     (cache/store/graph.py: a blob's derived blobs, a subject's referrers)
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import diskcache
 
-from cache.digest import Digest, parse_digest
-from cache.fsutil import file_lock
+from cache.model.digest import Digest, parse_digest
+from cache.store.fsutil import file_lock
 
 JsonDict = dict[str, Any]
 DBNAME: str = diskcache.core.DBNAME  # the SQLite file in meta/
@@ -183,7 +183,7 @@ class MetadataIndex:
         value = self._get(f"blobdiff/{blob}")
         return parse_digest(value) if isinstance(value, str) else None
 
-    # -- content-graph edges (cache/graph.py) -------------------------------------------------------
+    # -- content-graph edges (cache/store/graph.py) -------------------------------------------------------
     def add_edge(self, kind: str, parent: Digest, child: Digest, note: str = "") -> None:
         with self._cache.transact(retry=True):
             children = self._get(f"edge/{kind}/{parent}") or {}
@@ -233,7 +233,7 @@ class MetadataIndex:
     def drop_image(self, ref: str) -> None:
         self._cache.delete(f"image/{ref}")
 
-    # -- pins of caches made before pins.json (cache/pins.py) ---------------------------------
+    # -- pins of caches made before pins.json (cache/store/pins.py) ---------------------------------
     def legacy_pins(self) -> dict[str, float]:
         return {ref: float(when) for ref, when in self._iter("pin/") if isinstance(when, (int, float))}
 

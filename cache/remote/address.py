@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 
 from cache.errors import InvalidReference
-from cache.model import Platform
-from cache.refs import ImageRef
+from cache.model.manifests import Platform
+from cache.model.refs import ImageRef
 
 MODES = ("read-write", "read-only")
 INDEX_KEY = "index"  # the platform part of the tag of a whole multi-platform index (--all-platforms)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
-from cache.digest import Digest
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError, evicted_while_read
-from cache.graph import ContentGraph
-from cache.model import (
+from cache.model.digest import Digest
+from cache.model.manifests import (
     MAX_MANIFEST_BYTES,
     Descriptor,
     ImageConfig,
@@ -24,7 +23,8 @@ from cache.model import (
     parse_config,
     parse_manifest_or_index,
 )
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.graph import ContentGraph
 
 
 class BlobsEvicted(BlobNotFound):

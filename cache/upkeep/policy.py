@@ -20,21 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cache.errors import LayerhoardError
-from cache.fsutil import file_lock, write_atomic
-from cache.store import BlobStore
+from cache.store.blobstore import BlobStore
+from cache.store.fsutil import file_lock, write_atomic
 from cache.units import parse_duration, parse_size
 
 CONFIG_FILE = "config.json"
 
 
 def _check_remote(value: str) -> str:
-    from cache.remote import check_remote  # here, not at the top: every pull loads this module
+    from cache.remote.address import check_remote  # here, not at the top: every pull loads this module
 
     return check_remote(value)
 
 
 def _check_remote_mode(value: str) -> str:
-    from cache.remote import check_mode
+    from cache.remote.address import check_mode
 
     return check_mode(value)
 
@@ -43,7 +43,7 @@ KEYS: dict[str, Callable[[str], float | str]] = {
     "max-size": parse_size,
     "min-free-space": parse_size,
     "keep-duration": parse_duration,
-    # the team's remote tier (cache/remote.py): read by the commands that pull, not by prune
+    # the team's remote tier (cache/remote/address.py): read by the commands that pull, not by prune
     "remote": _check_remote,
     "remote-mode": _check_remote_mode,
 }
@@ -123,7 +123,7 @@ def over_limit(store: BlobStore, wrote_bytes: int) -> bool:
         if stat.f_bavail * stat.f_frsize < limits["min-free-space"]:
             return True
     if "max-size" in limits and wrote_bytes > 0:
-        from cache.prune import blob_sizes
+        from cache.upkeep.prune import blob_sizes
 
         return sum(blob_sizes(store).values()) > limits["max-size"]
     return False

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cache.errors import LayerhoardError
-from cache.pull import PullOptions, pull
-from cache.report import PullReport
-from cache.store import BlobStore
+from cache.ingest.pull import PullOptions, pull
+from cache.ingest.report import PullReport
+from cache.store.blobstore import BlobStore
 
 
 def read_image_list(path: Path) -> list[str]:
@@ -110,10 +110,10 @@ def package(
 ) -> list[dict[str, object]]:
     """The rest of a packaging build, in this process: every warmed image exported into one OCI
     layout and/or its SBOM written, so a cached build costs no process start-up per image."""
-    from cache.fsutil import write_atomic
-    from cache.images import load_image
     from cache.sbom import image_sbom, render
     from cache.sinks import export
+    from cache.store.fsutil import write_atomic
+    from cache.store.images import load_image
 
     done: list[dict[str, object]] = []
     if sbom_dir is not None:

@@ -1,6 +1,6 @@
 """The edges of the content graph that no manifest names, kept so that gc and prune walk them.
 
-A manifest names its config and layers, an index its manifests; :func:`cache.images.blobs_of`
+A manifest names its config and layers, an index its manifests; :func:`cache.store.images.blobs_of`
 follows those by reading the manifests. Two kinds of edge are known only to the cache:
 
 - ``derived``: a blob to the blobs made from it here. An export that transcodes a layer stores the
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cache.digest import Digest
-from cache.store import BlobStore
+from cache.model.digest import Digest
+from cache.store.blobstore import BlobStore
 
 DERIVED = "derived"
 REFERRER = "referrer"

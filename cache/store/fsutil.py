@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from cache.folder import Folder, UnsafeFile
+from cache.store.folder import Folder, UnsafeFile
 
 TEMP_SUFFIX = ".tmp"
 

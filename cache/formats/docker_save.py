@@ -6,7 +6,7 @@
                                 oci-layout; layers uncompressed (graph drivers) or the registry's
                                 gzip blobs (containerd image store)
 
-The stream is read once, front to back (:mod:`cache.tarstream`): nothing seeks, nothing is
+The stream is read once, front to back (:mod:`cache.formats.tar`): nothing seeks, nothing is
 spooled to a temporary tarball, no layer is held in memory. What is held is bounded whatever the
 tar holds: at most :data:`MAX_MEMBERS` members; metadata (JSON) kept only as manifest.json names
 it, within :data:`METADATA_BUDGET` (:class:`MetadataKeeper`). Each layer is hashed as it passes
@@ -29,17 +29,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO
 
-from cache.compression import CorruptLayer, DiffIdHasher, zstd_compressor
-from cache.digest import Digest
 from cache.errors import DigestMismatch, NotADockerSave, StreamCutOff
-from cache.model import MAX_CONFIG_BYTES, OCI_LAYER_ZSTD
+from cache.formats.compression import CorruptLayer, DiffIdHasher, zstd_compressor
+from cache.formats.tar import Readable, TarCutOff, TarError, TarMember, TarStream, header_ok, open_tar
+from cache.model.digest import Digest
+from cache.model.manifests import MAX_CONFIG_BYTES, OCI_LAYER_ZSTD
 from cache.progress import Progress
 from cache.registry.http import HTTPError
 from cache.sources.staging import BUFFER_BYTES, BackgroundSink, StagedBlob, Staging
 from cache.sources.storedlayers import OCI_TYPE_OF, stored_layer
 from cache.sources.v1ids import chain_ids, layer_position
-from cache.store import BlobStore
-from cache.tarstream import Readable, TarCutOff, TarError, TarMember, TarStream, header_ok, open_tar
+from cache.store.blobstore import BlobStore
 
 SNIFF_BYTES = 4096
 JSON_BLOB_LIMIT = 4 << 20  # a blobs/ entry this small starting with "{" is metadata, kept in memory

@@ -1,7 +1,7 @@
 """One entry point for every source: ``pull(store, source)`` brings an image into the store.
 
     from cache import BlobStore
-    from cache.pull import pull, PullOptions
+    from cache.ingest.pull import pull, PullOptions
     report = pull(BlobStore("~/.cache/layerhoard"), "alpine:3.20")
     image = load_image(store, report.ref)       # manifest, config, layers as streams
 """
@@ -12,18 +12,18 @@ import sqlite3
 from typing import TYPE_CHECKING, NamedTuple
 
 from cache.errors import ImageNotFound, SourceError
-from cache.images import BlobsEvicted, CachedImage, load_image
-from cache.model import Platform
+from cache.ingest.report import PullReport
+from cache.model.manifests import Platform
+from cache.model.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
 from cache.progress import ProgressFactory, no_progress
-from cache.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
-from cache.report import PullReport
 from cache.sources import DEFAULT_JOBS
-from cache.stats import record_pull
-from cache.store import BlobStore, DiskFull, disk_full
+from cache.store.blobstore import BlobStore, DiskFull, disk_full
+from cache.store.images import BlobsEvicted, CachedImage, load_image
+from cache.upkeep.stats import record_pull
 
 if TYPE_CHECKING:
     from cache.registry.http import SpeedFloor
-    from cache.tier import RemoteTier
+    from cache.remote.tier import RemoteTier
 
 
 class PullOptions(NamedTuple):
@@ -35,7 +35,7 @@ class PullOptions(NamedTuple):
     docker_host: str | None = None
     name: str | None = None  # the name to record an oci: or docker-archive: image under
     progress: ProgressFactory = no_progress
-    remote: RemoteTier | None = None  # the team's remote tier, asked before the origin (cache/tier.py)
+    remote: RemoteTier | None = None  # the team's remote tier, asked before the origin (cache/remote/tier.py)
     floor: SpeedFloor | None = None  # a registry's speed floor; None: LAYERHOARD_MIN_SPEED[_TIME], else the default
 
 
@@ -93,7 +93,7 @@ def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
             floor=options.floor,
         )
         if remote is not None:
-            from cache.sources.remote import pull_registry_via_remote
+            from cache.remote.source import pull_registry_via_remote
 
             return pull_registry_via_remote(store, source.ref, registry_options)
         return pull_from_registry(store, source.ref, registry_options)
@@ -106,7 +106,7 @@ def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
         from cache.sources.daemon import pull_from_daemon  # docker-py is slow to import: only when used
 
         if remote is not None:
-            from cache.sources.remote import pull_daemon_via_remote
+            from cache.remote.source import pull_daemon_via_remote
 
             return pull_daemon_via_remote(store, source, remote, docker_host=options.docker_host,
                                           platform=options.platform, jobs=options.jobs, progress=options.progress)

@@ -1,6 +1,6 @@
 """Cache effectiveness figures for ``layerhoard stats``, per source kind.
 
-Counted once per pull by the pull dispatcher (cache.pull.pull), from its PullReport, so every
+Counted once per pull by the pull dispatcher (cache.ingest.pull.pull), from its PullReport, so every
 source is counted the same way:
 
   pulls          pulls that completed
@@ -9,7 +9,7 @@ source is counted the same way:
   bytes_reused   layer bytes that were already stored and not fetched again
 
 ``bytes saved by dedup`` is not a counter: it is what the stored images would take without
-sharing layers, minus what they take (cache.lifecycle.usage), computed when asked.
+sharing layers, minus what they take (cache.upkeep.gc.usage), computed when asked.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import contextlib
 import sqlite3
 from typing import Any
 
-from cache.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source
-from cache.report import PullReport
-from cache.store import BlobStore
+from cache.ingest.report import PullReport
+from cache.model.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source
+from cache.store.blobstore import BlobStore
 
 KINDS = ("registry", "daemon", "oci", "archive")
 FIELDS = ("pulls", "hits", "misses", "bytes_fetched", "bytes_reused")
@@ -55,7 +55,7 @@ def record_pull(store: BlobStore, source: Source, report: PullReport) -> None:
 
 def stats(store: BlobStore) -> dict[str, Any]:
     """Counters per source kind, their totals, and the bytes that layer sharing saves right now."""
-    from cache.lifecycle import usage  # lifecycle imports images: keep the pull path's imports small
+    from cache.upkeep.gc import usage  # lifecycle imports images: keep the pull path's imports small
 
     counters = store.index.counters()
     per_kind = {kind: {name: int(counters.get(f"{kind}/{name}", 0)) for name in FIELDS} for kind in KINDS}

@@ -26,15 +26,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache.digest import Digest, parse_digest
 from cache.errors import BlobNotFound, ImageNotFound, InvalidDigest, LayerhoardError
-from cache.graph import ContentGraph
-from cache.images import blobs_of
-from cache.index_json import ref_name_of
-from cache.lifecycle import BlobFacts, in_use, scan_blobs, sweep
-from cache.pins import pins as pinned_refs
-from cache.refs import DaemonSource, ImageRef, RegistrySource, daemon_image_name, parse_source
-from cache.store import BlobStore
+from cache.formats.index_json import ref_name_of
+from cache.model.digest import Digest, parse_digest
+from cache.model.refs import DaemonSource, ImageRef, RegistrySource, daemon_image_name, parse_source
+from cache.store.blobstore import BlobStore
+from cache.store.graph import ContentGraph
+from cache.store.images import blobs_of
+from cache.store.pins import pins as pinned_refs
+from cache.upkeep.gc import BlobFacts, in_use, scan_blobs, sweep
 
 DEFAULT_PRUNE_GRACE = 600.0  # a pull that stored blobs 10 minutes ago and has not recorded them is dead
 # A pull touches its blobs just before or just after recording its image; only a use clearly after

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from cache.index_json import REF_NAME
-from cache.prune import resolve_ref
+from cache.formats.index_json import REF_NAME
+from cache.remote.tier import PushSummary, push_cached
 from cache.sources import DEFAULT_JOBS
-from cache.store import BlobStore
-from cache.tier import PushSummary, push_cached
+from cache.store.blobstore import BlobStore
+from cache.upkeep.prune import resolve_ref
 from cli.output import Context, pass_context
-from cli.remote import open_remote, remote_options
+from cli.remote_options import open_remote, remote_options
 
 
 @click.command("push-cache")
