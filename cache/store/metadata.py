@@ -251,9 +251,21 @@ class MetadataIndex:
             for name, amount in amounts.items():
                 self._cache.incr(f"stat/{name}", amount, default=0)
 
-    def counters(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for key in list(self._cache.iterkeys()):
-            if isinstance(key, str) and key.startswith("stat/"):
-                out[key[5:]] = int(self._cache.get(key, 0))
-        return out
+    def counters(self, prefix: str = "") -> dict[str, int]:
+        """Every counter whose name starts with ``prefix`` (the prefix kept), in one range query."""
+        return {f"{prefix}{name}": int(value) for name, value in self._range(f"stat/{prefix}", "value")
+                if isinstance(value, int)}
+
+    # -- whole-store figures, one query each (/metrics asks on every scrape) ---------------------
+    def blob_totals(self) -> tuple[int, int]:
+        """(blobs recorded, their bytes): what blobs/ holds, from the index instead of a listing."""
+        sizes = self._field("blob/", "size")
+        return len(sizes), sum(int(size) for size in sizes.values() if isinstance(size, int))
+
+    def diff_ids_of_blobs(self) -> dict[str, str]:
+        """blob -> the diff_id hashed here for it, for every blob that has one."""
+        return {blob: value for blob, value in self._iter("blobdiff/") if isinstance(value, str)}
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` (without it): which records exist, none of their values read."""
+        return [key for key, _ in self._range(prefix, "1")]

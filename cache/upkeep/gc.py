@@ -37,25 +37,21 @@ class Usage:
         return max(0, self.image_bytes - self.bytes)
 
 
-def usage(store: BlobStore) -> Usage:
+def usage(store: BlobStore, sizes: dict[Digest, int] | None = None, graph: ContentGraph | None = None,
+          known: dict[Digest, set[Digest]] | None = None) -> Usage:
+    """Blobs, bytes and images now. ``sizes``, ``graph`` and ``known`` (blobs per root) are what a
+    caller that asks several questions at once gathered already (cache.upkeep.documents)."""
     result = Usage()
-    sizes, _ = scan_blobs(store)
+    sizes = scan_blobs(store)[0] if sizes is None else sizes
     result.blobs, result.bytes = len(sizes), sum(sizes.values())
-    graph = ContentGraph.load(store)
+    graph = ContentGraph.load(store) if graph is None else graph
+    known = {} if known is None else known
     for root in image_roots(store):
         result.images += 1
-        result.image_bytes += sum(sizes.get(d, 0) for d in blobs_of(store, root, graph))
+        if root not in known:
+            known[root] = set(blobs_of(store, root, graph))
+        result.image_bytes += sum(sizes.get(d, 0) for d in known[root])
     return result
-
-
-def image_size(store: BlobStore, digest: object, sizes: dict[Digest, int], graph: ContentGraph) -> int:
-    """The bytes of every blob an image reaches: blobs it shares with other images, and what was
-    derived from its own, included (what `ls` shows). 0 for a digest that does not parse."""
-    try:
-        root = parse_digest(digest)  # type: ignore[arg-type]
-    except InvalidDigest:
-        return 0
-    return sum(sizes.get(blob, 0) for blob in blobs_of(store, root, graph))
 
 
 def image_roots(store: BlobStore) -> list[Digest]:

@@ -6,13 +6,9 @@ import datetime
 
 import click
 
-from cache.formats.index_json import ref_name_of
-from cache.store.graph import ContentGraph
-from cache.store.pins import pins as pinned_refs
 from cache.units import format_size, parse_duration
+from cache.upkeep.documents import disk_usage, image_list
 from cache.upkeep.gc import gc as run_gc
-from cache.upkeep.gc import image_size, usage
-from cache.upkeep.prune import blob_sizes
 from cache.upkeep.rebuild_index import rebuild_index as rebuild_store_index
 from cli.output import Context, pass_context
 
@@ -27,26 +23,7 @@ def _when(timestamp: float | None) -> str:
 @pass_context
 def ls_command(ctx: Context) -> None:
     """List cached images: digest, size (all its blobs, shared ones included), source, last use, pin."""
-    store = ctx.store
-    pins = pinned_refs(store)
-    sizes = blob_sizes(store)
-    rows = []
-    records = dict(store.index.images())  # one query, not one per image
-    graph = ContentGraph.load(store)
-    for entry in store.images():
-        ref = ref_name_of(entry) or ""
-        record = records.get(ref) or {}
-        size = image_size(store, entry.get("digest"), sizes, graph)
-        rows.append({
-            "ref": ref,
-            "digest": entry.get("digest"),
-            "size": size,
-            "media_type": entry.get("mediaType"),
-            "platform": record.get("platform"),
-            "source": record.get("source"),
-            "last_used": record.get("last_used"),
-            "pinned": ref in pins,
-        })
+    rows = image_list(ctx.store)["images"]
     lines = [f"{'REF':50} {'DIGEST':19} {'SIZE':>10} {'SOURCE':14} {'LAST USED':16} PIN"]
     for row in rows:
         source = str(row["source"] or "-").split(":", 1)[0]
@@ -62,11 +39,9 @@ def ls_command(ctx: Context) -> None:
 @pass_context
 def du_command(ctx: Context) -> None:
     """Disk use: total bytes, blobs, and the bytes that sharing layers saved."""
-    result = usage(ctx.store)
-    data = {"bytes": result.bytes, "blobs": result.blobs, "images": result.images,
-            "image_bytes": result.image_bytes, "dedup_saved_bytes": result.dedup_saved}
-    text = (f"{format_size(result.bytes)} in {result.blobs} blobs for {result.images} images "
-            f"(dedup saved {format_size(result.dedup_saved)})")
+    data = disk_usage(ctx.store)
+    text = (f"{format_size(data['bytes'])} in {data['blobs']} blobs for {data['images']} images "
+            f"(dedup saved {format_size(data['dedup_saved_bytes'])})")
     ctx.result(data, text)
 
 

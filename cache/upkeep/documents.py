@@ -1,0 +1,95 @@
+"""The documents ``ls``, ``du`` and ``prune --dry-run`` print, built once here for every reader.
+
+    contents = Contents.read(store)
+    image_list(store, contents)      # ls --json
+    disk_usage(store, contents)      # du --json
+    prune_preview(store, 20 << 30, contents)   # prune --max-size 20G --dry-run --json, without its lock
+
+The command line prints what these return; the web view (cache/view) renders the very same
+dictionaries, so a figure on the page is the figure of the command. :class:`Contents` is one look
+at the store shared by the documents of one request: one listing of blobs/, one load of the
+content graph, and each image's blobs walked once (walking reads every image's manifests, which
+is what these cost: about 0.1 s for 2,000 images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cache.errors import InvalidDigest
+from cache.formats.index_json import ref_name_of
+from cache.model.digest import Digest, parse_digest
+from cache.store.blobstore import BlobStore
+from cache.store.graph import ContentGraph
+from cache.store.images import blobs_of
+from cache.store.pins import pins as pinned_refs
+from cache.upkeep.gc import scan_blobs, usage
+from cache.upkeep.prune import PrunePolicy, plan_prune
+
+
+@dataclass
+class Contents:
+    """What several documents of one moment share: blob sizes, the graph, blobs per image root."""
+
+    sizes: dict[Digest, int]
+    graph: ContentGraph
+    known: dict[Digest, set[Digest]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, store: BlobStore) -> Contents:
+        return cls(scan_blobs(store)[0], ContentGraph.load(store))
+
+    def blobs(self, store: BlobStore, root: Digest) -> set[Digest]:
+        """Every blob ``root`` reaches (its manifests, config, layers, derived blobs, referrers)."""
+        if root not in self.known:
+            self.known[root] = set(blobs_of(store, root, self.graph))
+        return self.known[root]
+
+    def image_size(self, store: BlobStore, digest: object) -> int:
+        """The bytes of every blob an image reaches, shared ones included; 0 for a digest that
+        does not parse (a damaged index.json entry)."""
+        try:
+            root = parse_digest(digest)  # type: ignore[arg-type]
+        except InvalidDigest:
+            return 0
+        return sum(self.sizes.get(blob, 0) for blob in self.blobs(store, root))
+
+
+def image_list(store: BlobStore, contents: Contents | None = None) -> dict[str, Any]:
+    """``ls --json``: every image of index.json, in its order, with its size, record and pin."""
+    contents = Contents.read(store) if contents is None else contents
+    pins = pinned_refs(store)
+    records = dict(store.index.images())  # one query, not one per image
+    rows = []
+    for entry in store.images():
+        ref = ref_name_of(entry) or ""
+        record = records.get(ref) or {}
+        rows.append({
+            "ref": ref,
+            "digest": entry.get("digest"),
+            "size": contents.image_size(store, entry.get("digest")),
+            "media_type": entry.get("mediaType"),
+            "platform": record.get("platform"),
+            "source": record.get("source"),
+            "last_used": record.get("last_used"),
+            "pinned": ref in pins,
+        })
+    return {"images": rows}
+
+
+def disk_usage(store: BlobStore, contents: Contents | None = None) -> dict[str, Any]:
+    """``du --json``: blob bytes, blobs, images, and the bytes layer sharing saves."""
+    contents = Contents.read(store) if contents is None else contents
+    result = usage(store, contents.sizes, contents.graph, contents.known)
+    return {"bytes": result.bytes, "blobs": result.blobs, "images": result.images,
+            "image_bytes": result.image_bytes, "dedup_saved_bytes": result.dedup_saved}
+
+
+def prune_preview(store: BlobStore, max_size: int, contents: Contents | None = None) -> dict[str, Any]:
+    """``prune --max-size MAX_SIZE --dry-run --json`` (the default grace, no keep rules): what a
+    prune would evict and free now. Planned without prune's lock, so it writes nothing at all."""
+    known = None if contents is None else contents.known
+    plan = plan_prune(store, PrunePolicy(max_size=max_size), known=known)
+    plan.dry_run = True
+    return plan.to_json()
