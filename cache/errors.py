@@ -49,6 +49,15 @@ class DaemonUnavailable(SourceError):
     """No Docker (or podman) daemon answered at the address in use."""
 
 
+class DirectReadRefused(SourceError):
+    """A daemon's storage that cannot be read directly (not permitted, another driver, a file that
+    changed, a layer that does not hash to its diff_id): the pull falls back to `docker save`."""
+
+
+class InvalidTarSplit(DirectReadRefused):
+    """A tar-split record that does not parse, or breaks the format's rules."""
+
+
 class StreamCutOff(SourceError):
     """A `docker save` stream or archive that ended before its end."""
 

@@ -21,13 +21,19 @@ from cache.ingest.pull import PullOptions, pull
 from cache.model.digest import parse_digest
 from cache.model.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from cache.model.refs import DaemonSource
-from cache.sources.daemon import pull_from_daemon
+from cache.sources.daemon import NO_STORAGE_READS, pull_from_daemon
 from cache.store.blobstore import BlobStore
 from cache.store.images import load_image
 from tests.images import build_image, load_into_daemon, push, random_layer
 from tests.services import Daemon, Registry, skopeo
 
 pytestmark = pytest.mark.daemon
+
+
+@pytest.fixture(autouse=True)
+def save_stream_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This file tests the `docker save` route; test_daemon_storage.py tests reading overlay2 directly."""
+    monkeypatch.setenv(NO_STORAGE_READS, "1")
 
 BASE = [random_layer(1_500_000, 31), random_layer(200_000, 32, compressible=True)]
 NEW = random_layer(400_000, 33)

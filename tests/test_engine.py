@@ -18,7 +18,7 @@ import pytest
 
 from cache.errors import DaemonUnavailable, SourceError, StreamCutOff
 from cache.model.refs import DaemonSource
-from cache.sources.daemon import pull_from_daemon
+from cache.sources.daemon import NO_STORAGE_READS, pull_from_daemon
 from cache.sources.engine import SocketEngine, connect
 from cache.store.blobstore import BlobStore
 from tests.images import build_image, load_into_daemon, random_layer
@@ -26,6 +26,12 @@ from tests.savetars import SaveTar, write_save_tar
 from tests.services import Daemon
 
 LAYERS = [random_layer(300_000, 61), random_layer(70_000, 62)]
+
+
+@pytest.fixture(autouse=True)
+def save_stream_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API calls of the save route; reading the daemon's storage is test_daemon_storage.py's."""
+    monkeypatch.setenv(NO_STORAGE_READS, "1")
 
 
 @dataclass

@@ -30,6 +30,10 @@ class PullReport:
     seconds: float = 0.0
     requests: int = 0
     bytes_from_remote: int = 0  # the part of bytes_fetched the team's remote tier served (cache/remote/tier.py)
+    # How a daemon image's layers were read ("store", "overlay2", "docker save"), and why the direct
+    # read of the daemon's storage was not used when it fell back (docs/daemon.md).
+    route: str | None = None
+    fallback: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

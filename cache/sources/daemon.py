@@ -3,10 +3,16 @@
 1. Inspect the image (its ID is the config's sha256, RootFS.Layers its diff_ids).
 2. If the config and a blob for every diff_id are stored (an earlier daemon pull, or registry
    pulls whose diff_ids we verified), record the image from the store: no `docker save` at all.
-3. Otherwise stream ``GET /images/{name}/get`` once through :class:`SaveReader`: new layers are
-   compressed with our fixed zstd while their diff_id is computed, stored ones only hashed; the
-   config is kept byte for byte and checked against the image ID; an OCI manifest is written.
-   If a guess about which legacy folder holds which layer was wrong, one more, exact pass follows.
+3. Otherwise, when ``/info`` says overlay2 and its data root is readable here (root, or rootless
+   docker's data root in the user's home), rebuild only the new layers from the daemon's own
+   storage (:mod:`cache.sources.overlay2_layers`), each hashed to its diff_id: no save at all.
+4. Otherwise, or when that read is refused (not permitted, another driver, a file that changed,
+   a hash that does not match), stream ``GET /images/{name}/get`` once through :class:`SaveReader`:
+   new layers are compressed with our fixed zstd while their diff_id is computed, stored ones only
+   hashed; the config is kept byte for byte and checked against the image ID; an OCI manifest is
+   written. If a guess about which legacy folder holds which layer was wrong, one more, exact pass
+   follows. The report says which way was taken (``route``) and why the direct read was not
+   (``fallback``).
 
 The daemon is found as the docker CLI finds it, and spoken to as :mod:`cache.sources.engine`
 says. The image is recorded under its full normalised name
@@ -15,20 +21,27 @@ says. The image is recorded under its full normalised name
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
 
-from cache.errors import InvalidDigest, InvalidReference, SourceError
+from cache.errors import DirectReadRefused, InvalidDigest, InvalidReference, SourceError
 from cache.formats.docker_save import LayerChooser, SaveContents, SaveReader
 from cache.ingest.report import PullReport
 from cache.model.digest import Digest, parse_digest
-from cache.model.manifests import parse_config
+from cache.model.manifests import OCI_CONFIG, OCI_LAYER_ZSTD, parse_config
 from cache.model.refs import DaemonSource, ImageRef, daemon_image_name
 from cache.progress import ProgressFactory
 from cache.sources.engine import Engine, connect
+from cache.sources.overlay2_layers import Overlay2Storage, chain_ids, overlay2_data_root, rebuild_layers
 from cache.sources.saveimage import MissingLayers, commit, find_entries, pick_entry, prepare, record_stored
+from cache.sources.staging import Staging
+from cache.sources.storedlayers import stored_layer
 from cache.store.blobstore import BlobStore
+from cache.store.images import BlobsEvicted
+
+NO_STORAGE_READS = "LAYERHOARD_NO_DAEMON_STORAGE"  # set (to anything): always stream docker save
 
 
 def pull_from_daemon(
@@ -51,7 +64,12 @@ def pull_from_daemon(
             if list(parse_config(config_raw).diff_ids) == diff_ids:
                 stored = record_stored(store, config_raw, [ref], str(source), started)
                 if stored is not None:
+                    stored.route = "store"
                     return stored
+        try:
+            return _pull_direct(store, engine, source, image_id, diff_ids, ref, started, progress)
+        except DirectReadRefused as why:
+            fallback = str(why)
         sizes = _layer_sizes(engine.history(source.name), len(diff_ids))
         learned: dict[str, Digest] = {}
         for attempt in (1, 2):
@@ -62,7 +80,7 @@ def pull_from_daemon(
                 entry = pick_entry(find_entries(contents, what), what, image_id)
                 prepared = prepare(store, contents, entry, what, image_id=image_id, diff_ids=diff_ids)
                 report = commit(store, contents, prepared, [ref], str(source), started)
-                report.requests = attempt
+                report.requests, report.route, report.fallback = attempt, "docker save", fallback
                 return report
             except MissingLayers:
                 if attempt == 2:
@@ -73,6 +91,50 @@ def pull_from_daemon(
         raise AssertionError("unreachable")
     finally:
         engine.close()
+
+
+def _pull_direct(
+    store: BlobStore,
+    engine: Engine,
+    source: DaemonSource,
+    image_id: Digest,
+    diff_ids: list[Digest],
+    ref: str,
+    started: float,
+    progress: ProgressFactory | None,
+) -> PullReport:
+    """The image from the daemon's overlay2 storage: its config, and each layer not stored yet
+    rebuilt and hashed to its diff_id; DirectReadRefused (nothing stored) when that cannot be done."""
+    if os.environ.get(NO_STORAGE_READS):
+        raise DirectReadRefused(f"{NO_STORAGE_READS} is set")
+    with Overlay2Storage(overlay2_data_root(engine.info())) as storage:
+        config_raw = storage.config(image_id)
+        if list(parse_config(config_raw).diff_ids) != diff_ids:
+            raise DirectReadRefused("the daemon's stored config lists other layers than its inspect")
+        wanted: dict[Digest, Digest] = {}  # diff_id -> chain ID; a layer listed twice is read once
+        for chain_id, diff_id in zip(chain_ids(diff_ids), diff_ids, strict=True):
+            if diff_id not in wanted and stored_layer(store, diff_id) is None:
+                wanted[diff_id] = chain_id
+        staging = Staging(store)
+        try:
+            rebuilt = rebuild_layers(storage, [(c, d) for d, c in wanted.items()], staging, progress)
+            for layer in rebuilt:  # every layer hashed to its diff_id: only now is anything published
+                staging.publish(layer.staged, str(source))
+                # The pair is ours: zstd's output hashed as written, the tar it came from hashed as rebuilt.
+                store.index.record_diff_id(layer.staged.digest, layer.diff_id, OCI_LAYER_ZSTD)
+        finally:
+            staging.discard()
+    store.put_bytes(config_raw, OCI_CONFIG, str(source))
+    report = record_stored(store, config_raw, [ref], str(source), started)
+    if report is None:
+        raise BlobsEvicted(f"a layer of {source.name} was removed from the cache while it was pulled")
+    read = {str(layer.diff_id) for layer in rebuilt}
+    for layer_report in report.layers:
+        layer_report.reused = layer_report.diff_id not in read
+    report.bytes_reused = sum(layer.size for layer in report.layers if layer.reused)
+    report.bytes_fetched = sum(layer.tar_size for layer in rebuilt)
+    report.route = "overlay2"
+    return report
 
 
 def _digest(value: object, what: str) -> Digest:

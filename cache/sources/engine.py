@@ -54,6 +54,10 @@ class Engine(Protocol):
         """A context manager giving the ``docker save`` stream of ``name`` (with ``readinto``)."""
         ...
 
+    def info(self) -> dict[str, Any] | None:
+        """The daemon's ``/info`` (data root, storage driver), or None when it would not give it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -200,6 +204,13 @@ class SocketEngine:
         except DaemonUnavailable:
             return None
         return history if status == 200 and isinstance(history, list) else None
+
+    def info(self) -> dict[str, Any] | None:
+        try:
+            status, info = self._json("/info")
+        except DaemonUnavailable:
+            return None
+        return info if status == 200 and isinstance(info, dict) else None
 
     @contextmanager
     def save(self, name: str) -> Iterator[Readable]:

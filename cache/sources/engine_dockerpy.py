@@ -54,6 +54,13 @@ class DockerPyEngine:
             return None
         return history if isinstance(history, list) else None
 
+    def info(self) -> dict[str, Any] | None:
+        try:
+            info = self._client.info()
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return None
+        return info if isinstance(info, dict) else None
+
     @contextmanager
     def save(self, name: str) -> Iterator[Any]:
         client = self._client

@@ -115,6 +115,8 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
                        _floor(min_speed, min_speed_time), name)
     report = pull(ctx.store, source, options)
+    if ctx.verbose and report.route is not None:
+        ctx.log(f"layers read through {report.route}" + (f" ({report.fallback})" if report.fallback else ""))
     ctx.result(report.to_json(), _summary(report))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
     apply_after_write(ctx.store, report.bytes_fetched)  # the standing prune policy, in the background

@@ -1,0 +1,240 @@
+"""docker-daemon: layers read straight from the private dockerd's overlay2 storage (issue 17).
+
+Witnesses the code under test cannot fake: the daemon's debug log (no ``GET /images/…/get``),
+``docker save`` run by the docker CLI (the layer tars the pull must equal byte for byte), the
+kernel's count of bytes this process read (``/proc/self/io``), and the store's files.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from cache.errors import DirectReadRefused, LayerhoardError
+from cache.formats.tar_split import FileEntry, Segment, confined_parts, records
+from cache.model.digest import Digest, parse_digest
+from cache.model.refs import DaemonSource
+from cache.sources.daemon import pull_from_daemon
+from cache.sources.overlay2_layers import chain_ids, overlay2_data_root
+from cache.store.blobstore import BlobStore
+from cache.store.images import load_image
+from tests.images import build_image, load_into_daemon, random_layer, tar_of
+from tests.services import Daemon
+
+pytestmark = pytest.mark.daemon
+
+BASE = random_layer(3_000_000, 1701)  # random: what the base costs to read shows in the byte count
+NEW_FILE = 60_000  # the one file of the new layer: its bytes come from the diff folder, the rest from tar-split
+NEW = random_layer(NEW_FILE, 1702)
+
+
+def _build(dockerd: Daemon, context: Path, name: str, dockerfile: str) -> None:
+    (context / "Dockerfile").write_text(dockerfile)
+    os.environ["DOCKER_BUILDKIT"] = "0"  # the classic builder: dockerd 20.10 writes the layers itself
+    try:
+        dockerd.docker("build", "-q", "-t", name, str(context), check=True)
+    finally:
+        del os.environ["DOCKER_BUILDKIT"]
+
+
+@pytest.fixture(scope="module")
+def images(dockerd: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A loaded base, an app with one small layer on it, a layer with whiteouts, and built images
+    with the shapes real layers have (folders, links, empty files, a name that is not UTF-8)."""
+    root = tmp_path_factory.mktemp("storage-images")
+    whiteouts = tar_of({"layer1701/.wh.data.bin": b"", "etc/.wh..wh..opq": b"", "etc/new.conf": b"x = 1\n"})
+    for name, layers in (("lh/sbase:1", [BASE]), ("lh/sapp:1", [BASE, NEW]), ("lh/swh:1", [BASE, whiteouts])):
+        image = build_image(root / name.replace("/", "-").replace(":", "-"), layers, tag="t")
+        load_into_daemon(image.layout, "t", dockerd, name)
+    context = root / "build"
+    files = context / "files"
+    (files / "deep" / "er").mkdir(parents=True)
+    (files / "big.bin").write_bytes(os.urandom(1_500_000))
+    (files / "empty").write_bytes(b"")
+    (files / "deep" / "er" / "text.txt").write_text("text\n" * 5000)
+    os.symlink("big.bin", files / "link")
+    os.link(files / "big.bin", files / "hard")
+    (files / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"latin-1 name\n")
+    _build(dockerd, context, "lh/sbuilt:1", "FROM lh/sbase:1\nCOPY files /files\nENV MODE=test\nCOPY files/deep /d\n")
+    for i in range(2):  # two images whose storage the tamper tests change, one each
+        (files / "victim.txt").write_text(f"victim {i}\n" * 100)
+        _build(dockerd, context, f"lh/victim:{i}", "FROM scratch\nCOPY files/victim.txt files/big.bin /v/\n")
+    return {"base": "lh/sbase:1", "app": "lh/sapp:1", "whiteouts": "lh/swh:1", "built": "lh/sbuilt:1"}
+
+
+def _saved_layers(dockerd: Daemon, name: str, workdir: Path) -> list[bytes]:
+    """The image's layer tars as `docker save -o` writes them, in the config's order."""
+    archive = workdir / "saved.tar"
+    dockerd.docker("save", "-o", str(archive), name, check=True)
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layers = [tar.extractfile(path).read() for path in manifest[0]["Layers"]]  # type: ignore[union-attr]
+    archive.unlink()
+    return layers
+
+
+def _inspect(dockerd: Daemon, name: str) -> dict:  # type: ignore[type-arg]
+    return dockerd.client().api.inspect_image(name)  # type: ignore[no-any-return]
+
+
+def _stored_tar(store: BlobStore, digest: str) -> bytes:
+    with open(store.blobs_dir / parse_digest(digest).hex, "rb") as handle:
+        return zstandard.ZstdDecompressor().stream_reader(handle).read()
+
+
+def _read_bytes() -> int:
+    """Bytes this process has read through read(2) and friends so far, as the kernel counts them."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("which", ["built", "whiteouts", "app"])
+def test_cold_pull_reads_overlay2_without_save_and_equals_docker_save(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore, tmp_path: Path, which: str
+) -> None:
+    name = images[which]
+    mark = dockerd.mark()
+    report = pull_from_daemon(store, DaemonSource(name), docker_host=dockerd.host)
+    assert dockerd.save_calls(mark) == []  # not a single GET /images/…/get
+    assert report.route == "overlay2" and report.fallback is None
+    inspected = _inspect(dockerd, name)
+    assert [layer.diff_id for layer in report.layers] == inspected["RootFS"]["Layers"]
+    assert str(load_image(store, report.ref).config.digest) == inspected["Id"]
+    saved = _saved_layers(dockerd, name, tmp_path)
+    for layer, tar in zip(report.layers, saved, strict=True):
+        assert _stored_tar(store, layer.digest) == tar  # byte for byte what docker save gives
+    assert report.bytes_fetched == sum(len(tar) for tar in saved)
+
+
+def test_one_new_layer_on_a_stored_base_reads_only_that_layer(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore
+) -> None:
+    pull_from_daemon(store, DaemonSource(images["base"]), docker_host=dockerd.host)
+    before = _read_bytes()
+    mark = dockerd.mark()
+    report = pull_from_daemon(store, DaemonSource(images["app"]), docker_host=dockerd.host)
+    read = _read_bytes() - before
+    assert dockerd.save_calls(mark) == [] and report.route == "overlay2"
+    assert [layer.reused for layer in report.layers] == [True, False]
+    assert report.bytes_fetched == len(NEW)
+    assert NEW_FILE <= read < len(BASE) // 4  # the 3 MB base was never read, not even to hash it
+
+
+def _layer_folder(dockerd: Daemon, name: str) -> tuple[Path, Path]:
+    """The image's top layer in the daemon's storage: its layerdb folder and its diff folder."""
+    data = dockerd.workdir / "data"
+    diff_ids = [parse_digest(d) for d in _inspect(dockerd, name)["RootFS"]["Layers"]]
+    layerdb = data / "image" / "overlay2" / "layerdb" / "sha256" / chain_ids(diff_ids)[-1].hex
+    return layerdb, data / "overlay2" / (layerdb / "cache-id").read_text().strip() / "diff"
+
+
+def _pull_refused_or_right(dockerd: Daemon, store: BlobStore, name: str, why: str) -> None:
+    """The direct read is refused (saying ``why`` at -v); the fallback docker save then either gives
+    the right image or fails (dockerd checks its own files too): never a wrong layer stored."""
+    try:
+        report = pull_from_daemon(store, DaemonSource(name), docker_host=dockerd.host)
+    except LayerhoardError as error:
+        assert "\n" not in str(error)
+        assert os.listdir(store.blobs_dir) == []  # nothing stored, nothing partial
+        assert store.index.blobs_for_diff_id(parse_digest(_inspect(dockerd, name)["RootFS"]["Layers"][-1])) == {}
+        return
+    assert report.route == "docker save" and why in (report.fallback or "")
+    for layer in report.layers:
+        assert "sha256:" + hashlib.sha256(_stored_tar(store, layer.digest)).hexdigest() == layer.diff_id
+
+
+def test_a_changed_file_in_the_diff_folder_is_refused(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore
+) -> None:
+    _, diff = _layer_folder(dockerd, "lh/victim:0")
+    victim = diff / "v" / "victim.txt"
+    victim.write_bytes(victim.read_bytes().replace(b"victim", b"VICTIM"))  # same size, other bytes
+    _pull_refused_or_right(dockerd, store, "lh/victim:0", "hashes to")
+
+
+def test_a_symlink_out_of_the_diff_folder_is_not_followed(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore, tmp_path: Path
+) -> None:
+    _, diff = _layer_folder(dockerd, "lh/victim:1")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((diff / "v" / "big.bin").read_bytes())  # even the right bytes: a link is refused
+    (diff / "v" / "big.bin").unlink()
+    os.symlink(outside, diff / "v" / "big.bin")
+    _pull_refused_or_right(dockerd, store, "lh/victim:1", "big.bin")
+
+
+def test_a_tar_split_naming_a_path_outside_is_refused(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore
+) -> None:
+    layerdb, _ = _layer_folder(dockerd, images["app"])
+    record = layerdb / "tar-split.json.gz"
+    original = record.read_bytes()
+    lines = [json.loads(line) for line in gzip.decompress(original).splitlines()]
+    entry = next(line for line in lines if line["type"] == 1 and line.get("size"))
+    entry["name"] = "../../../../../../etc/hostname"
+    record.write_bytes(gzip.compress(b"".join(json.dumps(line).encode() + b"\n" for line in lines)))
+    try:
+        _pull_refused_or_right(dockerd, store, images["app"], "outside the layer's folder")
+    finally:
+        record.write_bytes(original)
+
+
+def test_a_daemon_on_another_driver_falls_back_to_save() -> None:
+    with pytest.raises(DirectReadRefused, match="storage driver is 'vfs', not overlay2"):
+        overlay2_data_root({"Driver": "vfs", "DockerRootDir": "/var/lib/docker"})
+    with pytest.raises(DirectReadRefused, match="did not answer /info"):
+        overlay2_data_root(None)
+
+
+def test_the_fallback_env_streams_docker_save(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAYERHOARD_NO_DAEMON_STORAGE", "1")
+    mark = dockerd.mark()
+    report = pull_from_daemon(store, DaemonSource(images["base"]), docker_host=dockerd.host)
+    assert len(dockerd.save_calls(mark)) == 1
+    assert report.route == "docker save" and report.fallback == "LAYERHOARD_NO_DAEMON_STORAGE is set"
+
+
+def _tar_split(items: list[dict]) -> io.BytesIO:  # type: ignore[type-arg]
+    return io.BytesIO(gzip.compress(b"".join(json.dumps(item).encode() + b"\n" for item in items)))
+
+
+def test_tar_split_records_are_read_strictly() -> None:
+    good = _tar_split([
+        {"type": 2, "payload": base64.b64encode(b"header").decode(), "position": 0},
+        {"type": 1, "name": "a/b", "size": 3, "payload": "AAAAAAAAAAA=", "position": 1},
+        {"type": 1, "name_raw": base64.b64encode(b"caf\xe9").decode(), "position": 2},
+    ])
+    assert list(records(good, "t")) == [Segment(b"header"), FileEntry(b"a/b", 3), FileEntry(b"caf\xe9", 0)]
+    bad = [
+        [{"type": 2, "payload": "", "position": 1}],  # positions count from 0
+        [{"type": 3, "position": 0}],
+        [{"type": 1, "name": "a", "size": -1, "position": 0}],
+        [{"type": 2, "payload": "not base64!", "position": 0}],
+    ]
+    for items in bad:
+        with pytest.raises(DirectReadRefused):
+            list(records(_tar_split(items), "t"))
+    with pytest.raises(DirectReadRefused, match="not a readable gzip"):
+        list(records(io.BytesIO(b"plain text"), "t"))
+    assert confined_parts(b"./a//b/") == [b"a", b"b"]
+    assert confined_parts(b"a/../../b") is None and confined_parts(b"./") is None
+
+
+def test_chain_ids_are_dockers() -> None:
+    """chainID(n) = sha256(chainID(n-1) + " " + diffID(n)), as the image spec defines it."""
+    a, b = Digest("a" * 64), Digest("b" * 64)
+    expected = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    assert [str(c) for c in chain_ids([a, b])] == [str(a), expected]
