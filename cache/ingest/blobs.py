@@ -82,7 +82,7 @@ class BlobPuller:
 
     def pull_manifest(self, manifest: Manifest) -> PulledManifest:
         if manifest.artifact_type is not None:
-            return self._pull_artifact(manifest)
+            return self.pull_artifact(manifest)
         config = parse_config(self.small_blob(manifest.config), f"config {manifest.config.digest}")
         if len(config.diff_ids) != len(manifest.layers):
             raise InvalidManifest(
@@ -107,9 +107,10 @@ class BlobPuller:
         self.store.index.touch_blobs([layer.digest for layer in manifest.layers] + [manifest.config.digest])
         return PulledManifest(manifest, config, reports)
 
-    def _pull_artifact(self, manifest: Manifest) -> PulledManifest:
+    def pull_artifact(self, manifest: Manifest) -> PulledManifest:
         """An OCI artifact (a signature, an SBOM, a chart): its config and blobs stored as they are,
-        each checked against its digest and size; its blobs are not layers, so no diff_id."""
+        each checked against its digest and size; its blobs are not layers, so no diff_id. Referrers
+        are always taken this way (a cosign signature's config lists diff_ids, but nothing runs it)."""
         config = artifact_config(self.small_blob(manifest.config))
         reports = []
         for blob in manifest.layers:

@@ -16,6 +16,19 @@ class LayerReport:
 
 
 @dataclass
+class ReferrerReport:
+    """One referrer or cosign-tag manifest a pull looked at: ``via`` is ``referrers-api``,
+    ``tag-schema`` or ``cosign:<suffix>``; ``reused`` when it was stored already (nothing fetched)."""
+
+    subject: str
+    digest: str
+    artifact_type: str
+    via: str
+    size: int  # the manifest and its blobs
+    reused: bool
+
+
+@dataclass
 class PullReport:
     """One image pulled into the store. ``bytes_fetched`` counts bytes that came from a registry or
     the daemon in this run; ``bytes_reused`` the layer bytes that were already stored."""
@@ -34,6 +47,7 @@ class PullReport:
     # read of the daemon's storage was not used when it fell back (docs/daemon.md).
     route: str | None = None
     fallback: str | None = None
+    referrers: list[ReferrerReport] = field(default_factory=list)  # signatures, SBOMs... (cache/ingest/referrers.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

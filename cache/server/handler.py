@@ -36,10 +36,11 @@ from cache.server import content, deletes
 from cache.server.auth import Unauthorized
 from cache.server.errors import RegistryError, disk_full_error
 from cache.server.names import Repository, normalise_registry, resolve
-from cache.server.referrers import referrers_index
+from cache.server.referrers import attachment_tag, referrers_index
 from cache.server.uploads import put_manifest
 from cache.store.blobstore import DiskFull, disk_full
 from cache.store.folder import UnsafeFile
+from cache.view.routes import answer as view_answer
 
 if TYPE_CHECKING:
     from cache.server import RegistryServer
@@ -119,11 +120,13 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[^/]+)"), "upload"),
     (re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"), "blob"),
     (re.compile(r"/metrics"), "metrics"),
+    (re.compile(r"/|/view/.+"), "view"),  # the web view (cache/view): read like a pull
 ]
 _METHODS = {
     "base": ("GET", "HEAD"), "catalog": ("GET",), "tags": ("GET",), "referrers": ("GET",),
     "manifest": ("GET", "HEAD", "PUT", "DELETE"), "upload_start": ("POST",),
     "upload": ("GET", "PATCH", "PUT", "DELETE"), "blob": ("GET", "HEAD", "DELETE"), "metrics": ("GET",),
+    "view": ("GET", "HEAD"),
 }
 _DELETE = {("manifest", "DELETE"), ("blob", "DELETE")}  # with --allow-delete (which needs --allow-push)
 _PUSH = {("manifest", "PUT"), ("upload_start", "POST"), ("upload", "GET"), ("upload", "PATCH"),
@@ -278,6 +281,11 @@ class RegistryHandler(BaseHTTPRequestHandler):
         store, upstreams = self.server.store, self.server.upstreams
         reference = content.lookup_reference(params["reference"])
         pinned = isinstance(reference, Digest)
+        attached = None if pinned or content.tagged_entry(store, repo, str(reference)) else \
+            attachment_tag(store, str(reference))  # a cosign or tag-schema tag no stored name holds
+        if attached is not None:
+            self._send_manifest(attached, method)
+            return
         digest = reference if isinstance(reference, Digest) else self._tag_digest(repo, reference, params["name"])
         body = None if (repo, digest) in self.server.deleted else content.stored_manifest(store, digest)
         self._cache("manifest", "hit")
@@ -289,6 +297,9 @@ class RegistryHandler(BaseHTTPRequestHandler):
             self._cache_result = ("manifest", "miss")
             raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"digest": str(digest)})
         body = content.negotiate(store, body, content.accepted_types(self.headers.get_all("Accept") or []), pinned)
+        self._send_manifest(body, method)
+
+    def _send_manifest(self, body: content.ManifestBody, method: str) -> None:
         self._send(200, body.raw, {"Content-Type": body.media_type, "Docker-Content-Digest": str(body.digest),
                                    "ETag": f'"{body.digest}"'}, method == "HEAD")
 
@@ -376,6 +387,10 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def _metrics(self, method: str, repo: None, params: dict[str, str]) -> None:
         self._send(200, self.server.metrics_text().encode(), {"Content-Type": METRICS_TYPE})
+
+    def _view(self, method: str, repo: None, params: dict[str, str]) -> None:
+        response = view_answer(self.server.store, urlsplit(self.path).path, self.query, metrics=True)
+        self._send(response.status, response.body, response.all_headers(), method == "HEAD")
 
     # -- push side -----------------------------------------------------------------------------
     def _upload_start(self, method: str, repo: Repository, params: dict[str, str]) -> None:

@@ -77,8 +77,8 @@ def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) 
     Only manifests and indexes are read (never a layer); a child that is not stored is still
     yielded, so callers can tell what is missing. With ``graph`` (gc, prune, sizes) the edges no
     manifest names are followed too: blobs derived here from a reached one (leaves), and the
-    referrers of a reached manifest (walked as manifests). Without it, only what the image itself
-    names: what must be stored before the image is named.
+    referrers and cosign-tag manifests of a reached manifest (walked as manifests). Without it,
+    only what the image itself names: what must be stored before the image is named.
     """
     pending = [root]
     seen: set[Digest] = set()
@@ -86,7 +86,7 @@ def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) 
     def extra(digest: Digest) -> Iterator[Digest]:
         if graph is None:
             return
-        pending.extend(graph.referrers_of(digest))
+        pending.extend(graph.attached_to(digest))
         for made in graph.derived_from(digest):
             if made not in seen:
                 seen.add(made)

@@ -1,0 +1,176 @@
+"""Signatures, SBOMs and attestations travel with their images (issue 18).
+
+Referrers are made by real clients (tests/referrer_makers.py: oras, the tag schema a client keeps,
+cosign's format); docker-registry 2.8 has no referrers API, so a pull from it goes through the tag
+schema, and layerhoard serve (an OCI 1.1 registry) is where the referrers API is exercised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import oras.client
+import pytest
+import requests
+
+from cache.errors import DigestMismatch
+from cache.ingest.pull import pull
+from cache.ingest.referrers import ReferrerOptions, RegistryReferrers, fetch_referrers
+from cache.ingest.report import ReferrerReport
+from cache.model.digest import parse_digest
+from cache.registry.client import RegistryClient
+from cache.store.blobstore import BlobStore
+from cache.store.graph import ContentGraph
+from cache.upkeep.gc import gc
+from tests.images import build_image, push, random_layer
+from tests.referrer_makers import (
+    OCI_INDEX,
+    SBOM_TYPE,
+    SIMPLESIGNING,
+    Made,
+    cosign_sign,
+    oras_attach,
+    write_tag_schema,
+)
+from tests.services import Registry
+from tests.test_serve import start
+
+pytestmark = pytest.mark.registry
+
+
+class Signed:
+    """An image in the registry with an SBOM (oras, tag schema), a cosign signature, and a cosign
+    signature of the SBOM (a referrer of a referrer)."""
+
+    def __init__(self, registry: Registry, folder: Path, repo: str) -> None:
+        image = build_image(folder / "src", [random_layer(4000, 3), random_layer(90_000, 4, True)], tag="t")
+        self.ref = push(folder / "src", "t", registry, f"{repo}:1")
+        self.repo = repo
+        self.digest = image.manifest_digest
+        self.sbom = oras_attach(registry.host, repo, self.digest, len(image.manifest), folder / "oras")
+        write_tag_schema(registry.url, repo, self.digest, [self.sbom])
+        self.signature = cosign_sign(registry.url, repo, self.digest, f"{registry.host}/{repo}")
+        self.sbom_signature = cosign_sign(registry.url, repo, self.sbom.digest, f"{registry.host}/{repo}")
+
+    @property
+    def made(self) -> list[Made]:
+        return [self.sbom, self.signature, self.sbom_signature]
+
+
+@pytest.fixture
+def signed(registry: Registry, tmp_path: Path) -> Signed:
+    return Signed(registry, tmp_path, f"signed/app{tmp_path.name[-8:].replace('_', '')}")
+
+
+def fetched(store: BlobStore, host: str, repo: str, digest: str,
+            options: ReferrerOptions | None = None) -> list[ReferrerReport]:
+    client = RegistryClient(host)
+    try:
+        return fetch_referrers(store, RegistryReferrers(client, repo), [parse_digest(digest)], f"docker://{host}",
+                               options)
+    finally:
+        client.close()
+
+
+def assert_kept_byte_for_byte(store: BlobStore, made: list[Made]) -> None:
+    for referrer in made:
+        assert store.read_bytes(parse_digest(referrer.digest)) == referrer.manifest
+        for digest, data in referrer.blobs.items():
+            assert store.read_bytes(parse_digest(digest)) == data
+
+
+def test_a_pull_keeps_every_referrer_byte_for_byte_through_the_tag_schema_and_cosign_tags(
+        store: BlobStore, registry: Registry, signed: Signed) -> None:
+    pull(store, signed.ref)
+    reports = fetched(store, registry.host, signed.repo, signed.digest)
+    assert {(r.digest, r.via, r.subject) for r in reports} == {
+        (signed.sbom.digest, "tag-schema", signed.digest),
+        (signed.signature.digest, "cosign:sig", signed.digest),
+        (signed.sbom_signature.digest, "cosign:sig", signed.sbom.digest),  # one level deeper
+    }
+    assert not any(r.reused for r in reports)
+    assert_kept_byte_for_byte(store, signed.made)
+
+    mark = registry.mark()  # asked again: everything is stored, no blob is fetched
+    again = fetched(store, registry.host, signed.repo, signed.digest)
+    assert all(r.reused for r in again) and len(again) == 3
+    assert registry.blob_requests(mark) == []
+
+
+def test_referrers_type_keeps_only_the_asked_artifacts(store: BlobStore, registry: Registry, signed: Signed) -> None:
+    pull(store, signed.ref)
+    sboms = fetched(store, registry.host, signed.repo, signed.digest, ReferrerOptions(types=(SBOM_TYPE,)))
+    assert [r.digest for r in sboms] == [signed.sbom.digest]
+    assert not store.has(parse_digest(signed.signature.digest))
+    signatures = fetched(store, registry.host, signed.repo, signed.digest, ReferrerOptions(types=(SIMPLESIGNING,)))
+    assert [r.digest for r in signatures] == [signed.signature.digest]  # the SBOM's is reached through it
+    assert fetched(store, registry.host, signed.repo, signed.digest, ReferrerOptions(enabled=False)) == []
+
+
+@contextlib.contextmanager
+def tampered(registry: Registry, digest: str) -> Iterator[None]:
+    """Change one byte of what docker-registry stores under ``digest`` (it serves stored bytes
+    unchecked); a manifest stays valid JSON (its file name annotation changes), or distribution
+    would refuse to serve it."""
+    path = registry.workdir / "storage/docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data"
+    original = path.read_bytes()
+    changed = original.replace(b"sbom.json", b"sbom.jsom")
+    path.write_bytes(changed if changed != original else bytes([original[0] ^ 1]) + original[1:])
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+
+
+def test_a_referrer_whose_bytes_do_not_match_its_digest_is_refused_and_nothing_is_stored(
+        store: BlobStore, registry: Registry, signed: Signed) -> None:
+    pull(store, signed.ref)
+    payload = next(digest for digest, data in signed.sbom.blobs.items() if data != b"{}")
+    for digest in (payload, signed.sbom.digest):  # the SBOM's document, then its manifest
+        with tampered(registry, digest), pytest.raises(DigestMismatch):
+            fetched(store, registry.host, signed.repo, signed.digest)
+        assert not store.has(parse_digest(signed.sbom.digest)) and not store.has(parse_digest(payload))
+        assert ContentGraph.load(store).referrers.get(signed.digest) is None
+
+
+def test_gc_keeps_a_referrer_with_its_subject_and_drops_it_with_its_subject(
+        store: BlobStore, registry: Registry, signed: Signed) -> None:
+    pull(store, signed.ref)
+    fetched(store, registry.host, signed.repo, signed.digest)
+    every = [parse_digest(d) for made in signed.made for d in [made.digest, *made.blobs]]
+    gc(store, grace=0)
+    assert all(store.has(digest) for digest in every)
+    store.remove_image(signed.ref)
+    gc(store, grace=0)
+    assert not any(store.has(digest) for digest in every)
+
+
+def test_serve_answers_the_referrers_api_and_the_tag_schema_and_a_pull_from_it_uses_the_api(
+        store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
+    pull(store, signed.ref)
+    fetched(store, registry.host, signed.repo, signed.digest)
+    with start(store, default_registry=registry.host) as server:
+        base = f"http://{server.host}/v2/{signed.repo}"
+        listed = requests.get(f"{base}/referrers/{signed.digest}", timeout=10).json()
+        assert [m["digest"] for m in listed["manifests"]] == [signed.sbom.digest]  # cosign's are tags, not referrers
+        assert listed["manifests"][0]["artifactType"] == SBOM_TYPE
+        tag_schema = requests.get(f"{base}/manifests/sha256-{signed.digest[7:]}", timeout=10)
+        assert tag_schema.headers["Content-Type"] == OCI_INDEX
+        assert tag_schema.json()["manifests"] == listed["manifests"]
+        oras_client = oras.client.OrasClient(hostname=server.host, insecure=True)
+        files = oras_client.pull(target=f"{server.host}/{signed.repo}@{signed.sbom.digest}",
+                                 outdir=str(tmp_path / "oras-back"))
+        assert [Path(f).read_bytes() for f in files] == [signed.sbom.document]
+        for subject, made in ((signed.digest, signed.signature), (signed.sbom.digest, signed.sbom_signature)):
+            sig = requests.get(f"{base}/manifests/sha256-{subject[7:]}.sig", timeout=10)
+            assert sig.content == made.manifest  # as it was fetched
+
+        second = BlobStore(tmp_path / "second")
+        pull(second, f"{server.host}/{signed.repo}:1")
+        reports = fetched(second, server.host, signed.repo, signed.digest)
+        assert {(r.digest, r.via) for r in reports} == {
+            (signed.sbom.digest, "referrers-api"), (signed.signature.digest, "cosign:sig"),
+            (signed.sbom_signature.digest, "cosign:sig")}
+        assert_kept_byte_for_byte(second, signed.made)
