@@ -64,3 +64,8 @@ class StreamCutOff(SourceError):
 
 class NotADockerSave(SourceError):
     """A tar stream that is not what `docker save` writes (neither the legacy nor the OCI layout)."""
+
+
+class DeliveryError(LayerhoardError):
+    """An air-gapped delivery that cannot go on: a malformed lock file, inventory or bundle, a locked
+    digest that cannot be had, or a bundle that assumes blobs the cache does not hold."""

@@ -34,6 +34,8 @@ COMMANDS = {
     "config": "cli.commands.lifecycle:config_command",
     "stats": "cli.commands.lifecycle:stats_command",
     "push-cache": "cli.commands.push_cache:push_cache_command",
+    "inventory": "cli.commands.delivery:inventory_command",
+    "import": "cli.commands.delivery:import_command",
 }
 
 

@@ -173,7 +173,7 @@ def write_image(writer: LayoutWriter, tag: str, tars: list[bytes], compressed: b
 class Generator:
     """Builds the set into ``workdir`` and places each image in the registry or the daemon."""
 
-    def __init__(self, spec: Spec, workdir: Path, registry: Registry, daemon: Daemon,
+    def __init__(self, spec: Spec, workdir: Path, registry: Registry, daemon: Daemon | None,
                  log: bool = False) -> None:
         self.spec, self.registry, self.daemon, self.log = spec, registry, daemon, log
         self.layout = workdir / "generated"
@@ -208,6 +208,7 @@ class Generator:
         if compressed:
             image.ref = push(self.layout, image.tag, self.registry, image.name)
         else:
+            assert self.daemon is not None, "a workload with daemon images needs a daemon"
             load_into_daemon(self.layout, image.tag, self.daemon, image.name)
             image.ref = f"docker-daemon:{image.name}"
 

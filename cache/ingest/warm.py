@@ -9,12 +9,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cache.errors import LayerhoardError
+from cache.errors import DeliveryError, LayerhoardError
 from cache.ingest.pull import PullOptions, pull
 from cache.ingest.report import PullReport
+from cache.model.manifests import Platform
+from cache.model.refs import RegistrySource
 from cache.store.blobstore import BlobStore
+
+if TYPE_CHECKING:
+    from cache.delivery.lock import LockedImage, LockFile
 
 
 def read_image_list(path: Path) -> list[str]:
@@ -54,6 +59,7 @@ class WarmResult:
     reports: list[PullReport] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    missing_referrers: list[str] = field(default_factory=list)  # locked referrers not in the cache
 
     @property
     def bytes_fetched(self) -> int:
@@ -92,6 +98,46 @@ def warm(store: BlobStore, sources: list[str], options: PullOptions) -> WarmResu
             result.failures.append((ref, why))
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def warm_locked(store: BlobStore, lock: LockFile, options: PullOptions) -> WarmResult:
+    """Pull exactly the digests of ``lock``, each recorded under its locked name.
+
+    Each image is asked for as ``REPO:TAG@DIGEST``: the registry is asked for the digest, never the
+    tag, and a stored digest costs no request at all. Each locked platform is pulled on its own,
+    and the platform manifest it gives is checked against the lock. An image that cannot be had
+    fails naming the image; the others still go on. Referrers the lock lists but the cache lacks
+    are reported in ``missing_referrers`` (they are fetched by the referrers work of issue 18).
+    """
+    started = time.monotonic()
+    result = WarmResult()
+    with store.deferred_names() as names:
+        for image in lock.images.values():
+            try:
+                result.reports.extend(_pull_locked(store, image, options))
+            except LayerhoardError as error:
+                result.failures.append((image.name, f"locked digest {image.digest} cannot be had: {error}"))
+            else:
+                result.missing_referrers += [str(d) for d in image.referrers if not store.has(d)]
+    for ref, why in names.failed.items():
+        result.failures.append((ref, why))
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _pull_locked(store: BlobStore, image: LockedImage, options: PullOptions) -> list[PullReport]:
+    source = RegistrySource(image.ref)
+    platforms = [(name, digest) for name, digest in image.platforms.items() if digest != image.digest]
+    if not platforms:  # a plain manifest: the name's own digest is all there is
+        return [pull(store, source, options._replace(platform=None, all_platforms=False))]
+    reports = []
+    for name, digest in platforms:
+        report = pull(store, source, options._replace(platform=Platform.parse(name), all_platforms=False))
+        if report.digest != digest:
+            raise DeliveryError(f"{image.name}: platform {name} of {image.digest} is {report.digest}, "
+                                f"the lock says {digest}")
+        reports.append(report)
+    return reports
 
 
 def sbom_file_name(ref: str, format_name: str) -> str:

@@ -306,6 +306,34 @@ class RegistryClient:
             )
         return body, response.headers.get("Content-Type", "")
 
+    def list_tags(self, repository: str, page_size: int = 1000) -> list[str]:
+        """Every tag of ``repository``, following the ``Link: <…>; rel="next"`` pages: one request per
+        ``page_size`` tags. A repository the registry does not know has no tags."""
+        tags: list[str] = []
+        path: str | None = f"/v2/{repository}/tags/list?{urlencode({'n': page_size})}"
+        while path is not None:
+            response = self.request("GET", path, _scope(repository), {"Accept": "application/json"})
+            try:
+                if response.status == 404:
+                    return tags
+                if response.status != 200:
+                    raise SourceError(f"{self.registry}: GET {path} answered HTTP {response.status}")
+                try:
+                    document = json.loads(response.read_all(MAX_MANIFEST_BYTES))
+                except ValueError:
+                    raise SourceError(f"{self.registry}: the tags list of {repository} is not JSON "
+                                      f"of at most {MAX_MANIFEST_BYTES} bytes") from None
+            except TRANSIENT as error:
+                raise SourceError(f"{self.registry}: tags list of {repository} cut off: {error}") from None
+            finally:
+                _release(response)
+            listed = document.get("tags") if isinstance(document, dict) else None
+            if listed is not None and not (isinstance(listed, list) and all(isinstance(t, str) for t in listed)):
+                raise SourceError(f"{self.registry}: the tags list of {repository} is not a list of strings")
+            tags += listed or []
+            path = _next_page(response.headers.get("Link", ""))
+        return tags
+
     # -- blobs ---------------------------------------------------------------------------------
     def fetch_blob(
         self,
@@ -399,6 +427,17 @@ def _basic_auth(credentials: Credentials) -> dict[str, str]:
 
 def _scope(repository: str) -> str:
     return f"repository:{repository}:pull"
+
+
+def _next_page(link: str) -> str | None:
+    """The path and query of a ``Link: <URL>; rel="next"`` header (same registry only), or None."""
+    match = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link)
+    if match is None:
+        return None
+    target = urlparse(match.group(1))
+    if not target.path.startswith("/v2/"):
+        return None  # not a page of this API: stop rather than follow it
+    return f"{target.path}?{target.query}" if target.query else target.path
 
 
 def _range_starts_at(response: Response, offset: int) -> bool:

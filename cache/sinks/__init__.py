@@ -114,7 +114,7 @@ def _export(store: BlobStore, image: CachedImage, destination: str, compression:
         report.changed = bool(placed.linked or placed.copied or placed.index_changed)
     elif dest.kind == "docker-archive":
         tags = [dest.name or _tag_of(image.ref)]
-        with _output(dest.path) as out:
+        with output_stream(dest.path) as out:
             report.bytes_written = write_archive(store, manifest, [t for t in tags if t], out).bytes_written
     else:
         report.bytes_written = load_into_daemon(store, manifest, dest.path, docker_host)
@@ -167,7 +167,7 @@ def _tag_of(ref: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _output(path: str) -> Iterator[BinaryIO]:
+def output_stream(path: str) -> Iterator[BinaryIO]:
     """stdout for "-", else a temporary file renamed over ``path`` once complete."""
     if path == "-":
         yield sys.stdout.buffer

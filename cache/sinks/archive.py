@@ -39,7 +39,7 @@ def write_archive(store: BlobStore, manifest: Manifest, repo_tags: list[str], ou
     config_name = f"{manifest.config.digest.hex}.json"
     layer_names = [f"{layer.digest.hex}.tar" for layer in manifest.layers]
     index = [{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}]
-    writer = _TarWriter(out)
+    writer = TarWriter(out)
     writer.add_bytes("manifest.json", json.dumps(index, separators=(",", ":")).encode())
     writer.add_bytes(config_name, store.read_bytes(manifest.config.digest))
     for layer in dict.fromkeys(layer.digest for layer in manifest.layers):  # a repeated layer goes once
@@ -48,7 +48,7 @@ def write_archive(store: BlobStore, manifest: Manifest, repo_tags: list[str], ou
     return ArchiveResult(writer.written)
 
 
-class _TarWriter:
+class TarWriter:
     """A ustar stream whose entries are copied from files of known size (no seeking, no buffering)."""
 
     def __init__(self, out: BinaryIO) -> None:
@@ -75,12 +75,14 @@ class _TarWriter:
         self._write(data)
         self._pad(len(data))
 
-    def add_blob(self, store: BlobStore, digest: Digest) -> None:
+    def add_blob(self, store: BlobStore, digest: Digest, name: str | None = None) -> int:
+        """Copy a stored blob in as ``name`` (``<hex>.tar``, docker's name, by default); its size."""
         with store.open(digest) as source:
             size = os.fstat(source.fileno()).st_size
-            self._header(f"{digest.hex}.tar", size)
+            self._header(name or f"{digest.hex}.tar", size)
             self._copy(source, size)
         self._pad(size)
+        return size
 
     def _copy(self, source: BinaryIO, size: int) -> None:
         if self._fd is not None:

@@ -39,9 +39,10 @@ class LayoutResult:
 
 
 def write_layout(
-    store: BlobStore, blobs: list[Digest], manifest: Descriptor, directory: Path, ref_name: str
+    store: BlobStore, blobs: list[Digest], manifest: Descriptor, directory: Path, ref_name: str | None
 ) -> LayoutResult:
-    """Put ``blobs`` (config, layers, manifest) into the layout at ``directory`` and name ``manifest``."""
+    """Put ``blobs`` (config, layers, manifest) into the layout at ``directory`` and name ``manifest``
+    (``ref_name`` None: list it in index.json unnamed, as a delivery bundle lists referrers)."""
     blob_dir = directory / "blobs" / "sha256"
     try:
         blob_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def _directory_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _name_in_index(path: Path, manifest: Descriptor, ref_name: str) -> bool:
+def _name_in_index(path: Path, manifest: Descriptor, ref_name: str | None) -> bool:
     """Point ``ref_name`` at ``manifest`` in index.json; False when it already did."""
     try:
         document = json.loads(path.read_bytes())
@@ -112,10 +113,15 @@ def _name_in_index(path: Path, manifest: Descriptor, ref_name: str) -> bool:
     if not isinstance(entries, list):
         raise LayerhoardError(f"{path} has no manifests list; not touching that layout")
     entry = manifest.to_json()
-    entry["annotations"] = {**manifest.annotations, REF_NAME: ref_name}
-    others = [e for e in entries if not (isinstance(e, dict) and ref_name_of(e) == ref_name)]
-    if len(others) == len(entries) - 1 and entry in entries:
+    if ref_name is not None:
+        entry["annotations"] = {**manifest.annotations, REF_NAME: ref_name}
+        others = [e for e in entries if not (isinstance(e, dict) and ref_name_of(e) == ref_name)]
+        if len(others) == len(entries) - 1 and entry in entries:
+            return False
+    elif entry in entries:
         return False
+    else:
+        others = entries
     extra = {key: value for key, value in document.items() if key != "manifests"}  # kept as they were
     write_atomic(path, encode_document([encode_line(e) for e in [*others, entry]], extra))
     return True

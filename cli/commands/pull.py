@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _progress_factory(ctx: Context) -> ProgressFactory:
+def progress_factory(ctx: Context) -> ProgressFactory:
     """tqdm bars on stderr, one per transfer, only on a terminal."""
     if not ctx.progress_enabled():
         return lambda label, total: NoProgress()
@@ -92,7 +92,7 @@ def pull_options(function: F) -> F:
 def _options(ctx: Context, platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
              docker_host: str | None, floor: SpeedFloor | None, name: str | None = None) -> PullOptions:
     return PullOptions(_parse_platform(platform), all_platforms, jobs, insecure, offline, docker_host, name,
-                       _progress_factory(ctx), None if offline else open_remote(ctx, insecure=insecure, jobs=jobs),
+                       progress_factory(ctx), None if offline else open_remote(ctx, insecure=insecure, jobs=jobs),
                        floor)
 
 
@@ -134,37 +134,54 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
               help="Then write every image's SBOM into this folder.")
 @click.option("--sbom-format", type=click.Choice(["spdx-json", "cyclonedx-json", "json"]), default="spdx-json",
               show_default=True, help="Format of the --sbom-dir documents.")
+@click.option("--lock", "lock_to", type=click.Path(dir_okay=False, path_type=Path),
+              help="Then write a lock file: each image's name → the digests its tag resolved to.")
+@click.option("--locked", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pull exactly the digests of this lock file (no tag request; none at all when cached).")
 @pull_options
 @pass_context
 def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None, from_zarf: Path | None,
-                 export_to: str | None, sbom_dir: Path | None, sbom_format: str,
-                 platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
-                 docker_host: str | None, min_speed: int | None, min_speed_time: float | None) -> None:
+                 export_to: str | None, sbom_dir: Path | None, sbom_format: str, lock_to: Path | None,
+                 locked: Path | None, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
+                 offline: bool, docker_host: str | None, min_speed: int | None, min_speed_time: float | None) -> None:
     """Pull many images at once; shared layers are fetched once.
 
     With --export and --sbom-dir it does a packaging build's whole image step in one process: pull
-    every image, export them into one OCI layout, write their SBOMs.
+    every image, export them into one OCI layout, write their SBOMs. --lock writes what the tags
+    resolved to; --locked pulls exactly that again (docs/airgap.md).
     """
     if export_to is not None and not export_to.startswith("oci:"):
         raise click.BadParameter("warm exports into one OCI layout: give oci:DIR", param_hint="--export")
-    from cache.ingest.warm import package, read_image_list, read_zarf_images, warm  # here: pull never needs it
+    from cache.ingest.warm import package, read_image_list, read_zarf_images, warm, warm_locked  # pull never needs it
 
     wanted = list(sources)
     if list_file:
         wanted += read_image_list(list_file)
     if from_zarf:
         wanted += read_zarf_images(from_zarf)
-    if not wanted:
-        raise click.UsageError("name images to warm, or give -f FILE or --from-zarf ZARF_YAML")
+    if locked is not None and (wanted or lock_to is not None):
+        raise click.UsageError("--locked pulls what the lock file names: give no images, -f, --from-zarf or --lock")
+    if not wanted and locked is None:
+        raise click.UsageError("name images to warm, or give -f FILE, --from-zarf ZARF_YAML or --locked LOCK_FILE")
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
                        _floor(min_speed, min_speed_time))
-    result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
+    if locked is not None:
+        from cache.delivery.lock import read_lock
+
+        result = warm_locked(ctx.store, read_lock(locked), options)
+    else:
+        result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
+    if lock_to is not None and not result.failures:
+        from cache.delivery.lock import lock_images
+
+        lock_images(ctx.store, list(dict.fromkeys(r.ref for r in result.reports))).write(lock_to)
     packaged = package(ctx.store, result.reports, export_to=export_to, sbom_dir=sbom_dir,
                        sbom_format=sbom_format) if export_to or sbom_dir else []
     data = {
         "images": [r.to_json() for r in result.reports],
         "packaged": packaged,
         "failed": [{"source": s, "error": e} for s, e in result.failures],
+        "missing_referrers": result.missing_referrers,
         "bytes_fetched": result.bytes_fetched,
         "bytes_reused": result.bytes_reused,
         "seconds": result.seconds,
@@ -174,6 +191,11 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
     lines.append(f"warmed {len(result.reports)} images ({len(result.failures)} failed): "
                  f"fetched {format_size(result.bytes_fetched)}, reused {format_size(result.bytes_reused)} "
                  f"in {result.seconds:.2f}s")
+    if lock_to is not None:
+        lines.append(f"not locked: {len(result.failures)} image(s) failed" if result.failures else
+                     f"locked {len(result.reports)} images in {lock_to}")
+    if result.missing_referrers:
+        lines.append(f"{len(result.missing_referrers)} locked referrer(s) not in the cache")
     if packaged:
         lines.append(f"packaged {len(packaged)} images" + (f", exported to {export_to}" if export_to else "")
                      + (f", SBOMs in {sbom_dir}" if sbom_dir else ""))

@@ -1,0 +1,164 @@
+"""Lock files: every image of a build pinned to the digests one resolution of its tags gave.
+
+A tag that moves between two builds (or during one) mixes content from two manifests (zarf #5276).
+``warm --lock FILE`` resolves each tag once and writes what it got; ``warm --locked FILE`` pulls
+exactly those digests, so it makes no tag request, and a fully cached build makes none at all.
+
+The file is JSON, keys sorted, two-space indent, one image per object and one digest a line, so
+that the diff of two lock files reads as the list of images that changed::
+
+    {
+      "images": {
+        "127.0.0.1:5000/team/app:1": {
+          "digest": "sha256:…",                      what the name points at (an index or a manifest)
+          "mediaType": "application/vnd.oci.image.index.v1+json",
+          "platforms": {"linux/amd64": "sha256:…"},  each stored platform's manifest
+          "referrers": {"sha256:…": {"artifactType": "…", "subject": "sha256:…"}}
+        }
+      },
+      "lockVersion": 1
+    }
+
+JSON rather than YAML: the standard library reads and writes it byte-for-byte the same way every
+time, and every tool of the ecosystem speaks it. Only registry images can be locked: a lock is
+replayed by pulling ``REPO:TAG@DIGEST``, and a daemon or a tarball cannot be asked for a digest.
+Everything read is checked (digests by their strict pattern, names by the reference grammar), so a
+malformed lock file is one line of error before any request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache.delivery.documents import read_document
+from cache.errors import DeliveryError, InvalidReference, LayerhoardError
+from cache.model.digest import Digest, parse_digest
+from cache.model.manifests import Platform
+from cache.model.refs import ImageRef
+from cache.store.blobstore import BlobStore
+from cache.store.fsutil import write_atomic
+from cache.store.graph import referrers
+from cache.store.images import load_image
+
+LOCK_VERSION = 1
+MAX_LOCK_BYTES = 64 << 20  # 100,000 images take about 40 MB: past this it is not a lock file
+
+
+@dataclass(frozen=True)
+class Referrer:
+    subject: Digest  # the locked index or platform manifest it describes
+    artifact_type: str
+
+
+@dataclass(frozen=True)
+class LockedImage:
+    name: str  # the registry reference, as the cache names it (registry/repo:tag)
+    digest: Digest
+    media_type: str
+    platforms: dict[str, Digest] = field(default_factory=dict)  # "os/arch[/variant]" → manifest
+    referrers: dict[Digest, Referrer] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ImageRef:
+        """What a locked pull asks for: the name's tag with the locked digest (no tag request)."""
+        return ImageRef.parse(self.name).with_digest(self.digest)
+
+    def manifests(self) -> list[Digest]:
+        """The locked manifests: the name's target, then each platform's."""
+        return list(dict.fromkeys([self.digest, *self.platforms.values()]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": str(self.digest),
+            "mediaType": self.media_type,
+            "platforms": {platform: str(digest) for platform, digest in self.platforms.items()},
+            "referrers": {str(digest): {"artifactType": note.artifact_type, "subject": str(note.subject)}
+                          for digest, note in self.referrers.items()},
+        }
+
+
+@dataclass(frozen=True)
+class LockFile:
+    images: dict[str, LockedImage]
+
+    def encode(self) -> bytes:
+        document = {"images": {name: image.to_json() for name, image in self.images.items()},
+                    "lockVersion": LOCK_VERSION}
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, self.encode())
+
+
+def lock_images(store: BlobStore, names: list[str]) -> LockFile:
+    """The lock of the stored images ``names`` (as pulls recorded them): the digest each name points
+    at, each stored platform's manifest, and the referrers the content graph holds for them."""
+    images: dict[str, LockedImage] = {}
+    for name in names:
+        try:
+            ImageRef.parse(name)
+        except InvalidReference:
+            raise DeliveryError(f"cannot lock {name}: only registry images can be locked "
+                                "(a locked build pulls REPO:TAG@DIGEST)") from None
+        image = load_image(store, name)
+        platforms: dict[str, Digest] = {}
+        for entry in image.stored_platforms():
+            platform = entry.platform or image.config.platform
+            platforms[str(platform) if platform else "unknown"] = entry.digest
+        top = image.platforms.digest if image.platforms is not None else image.manifest.digest
+        media_type = image.platforms.media_type if image.platforms is not None else image.manifest.media_type
+        kept = {digest: Referrer(subject, kind)
+                for subject in dict.fromkeys([top, *platforms.values()])
+                for digest, kind in referrers(store, subject).items()}
+        images[name] = LockedImage(name, top, media_type, platforms, kept)
+    return LockFile(dict(sorted(images.items())))
+
+
+def read_lock(path: Path) -> LockFile:
+    """A lock file, every field checked; a bad one is one line naming the file and the field."""
+    document = read_document(path, "lock file", MAX_LOCK_BYTES)
+    if not isinstance(document, dict) or document.get("lockVersion") != LOCK_VERSION:
+        raise DeliveryError(f"{path} is not a layerhoard lock file (lockVersion {LOCK_VERSION} expected)")
+    entries = document.get("images")
+    if not isinstance(entries, dict):
+        raise DeliveryError(f"lock file {path}: 'images' must be an object of name → image")
+    return LockFile({name: _locked(path, name, entry) for name, entry in sorted(entries.items())})
+
+
+def _locked(path: Path, name: str, entry: Any) -> LockedImage:
+    where = f"lock file {path}, image {name}"
+    try:
+        ImageRef.parse(name)
+    except InvalidReference as error:
+        raise DeliveryError(f"{where}: {error}") from None
+    if not isinstance(entry, dict):
+        raise DeliveryError(f"{where}: not an object")
+    media_type = entry.get("mediaType")
+    if not isinstance(media_type, str) or not media_type:
+        raise DeliveryError(f"{where}: no mediaType")
+    platforms, notes = entry.get("platforms", {}), entry.get("referrers", {})
+    if not isinstance(platforms, dict) or not isinstance(notes, dict):
+        raise DeliveryError(f"{where}: 'platforms' and 'referrers' must be objects")
+    try:
+        for platform in platforms:
+            if platform != "unknown":
+                Platform.parse(platform)
+        return LockedImage(
+            name, parse_digest(entry.get("digest", "")), media_type,
+            {platform: parse_digest(digest) for platform, digest in platforms.items()},
+            {parse_digest(digest): _referrer(where, note) for digest, note in notes.items()},
+        )
+    except DeliveryError:
+        raise
+    except LayerhoardError as error:  # a bad digest or platform, in its own words
+        raise DeliveryError(f"{where}: {error}") from None
+
+
+def _referrer(where: str, note: Any) -> Referrer:
+    if not isinstance(note, dict) or not isinstance(note.get("artifactType", ""), str):
+        raise DeliveryError(f"{where}: a referrer must be an object with subject and artifactType")
+    return Referrer(parse_digest(note.get("subject", "")), note.get("artifactType", ""))
+

@@ -1,0 +1,303 @@
+"""Air-gapped delivery (issue 20): lock files, inventories, delta bundles and their import.
+
+Witnesses the code under test cannot fake: the registry's access log (no tag request, no request
+at all), skopeo and podman reading what was delivered, and the bytes of both caches compared
+file by file. Images come from bench/workload's generator (pushed with skopeo) and tests.images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.workload.generator import Generator, Spec, Workload
+from cache.delivery.lock import read_lock
+from cache.errors import DeliveryError
+from cache.model.digest import parse_digest
+from cache.store.blobstore import BlobStore
+from cache.store.images import blobs_of
+from tests.clients import Podman, start_podman
+from tests.images import build_image, push, random_layer
+from tests.services import Registry, skopeo
+
+pytestmark = pytest.mark.registry
+
+
+def cli(cache: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--cache-dir", str(cache), *args],
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"layerhoard {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("layerhoard: error: "), result.stderr
+    return lines[0]
+
+
+def names(cache: Path) -> dict[str, str]:
+    document = json.loads((cache / "index.json").read_text())
+    return {e["annotations"]["org.opencontainers.image.ref.name"]: e["digest"] for e in document["manifests"]}
+
+
+def reachable(cache: Path) -> dict[str, bytes]:
+    """Every blob the cache's names reach, by digest: the bytes a consumer of it would read."""
+    store = BlobStore(cache)
+    try:
+        digests = {d for top in names(cache).values() for d in blobs_of(store, parse_digest(top))}
+        return {d: (cache / "blobs" / "sha256" / d[7:]).read_bytes() for d in digests}
+    finally:
+        store.close()
+
+
+def bundle_blobs(bundle: Path) -> dict[str, int]:
+    with tarfile.open(bundle) as tar:
+        return {"sha256:" + m.name.rsplit("/", 1)[1]: m.size for m in tar.getmembers()
+                if m.name.startswith("blobs/sha256/")}
+
+
+def metadata_state(cache: Path) -> tuple[bytes, list[str], int]:
+    store = BlobStore(cache)
+    try:
+        return (cache / "index.json").read_bytes(), sorted(r for r, _ in store.index.images()), \
+            sum(1 for _ in store.index.blobs())
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[Podman]:
+    yield from start_podman()
+
+
+@pytest.fixture(scope="module")
+def workload(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> tuple[Generator, Workload]:
+    spec = Spec(scale=4 << 20, apps=17, daemon_apps=0, prefix=f"dl{uuid.uuid4().hex[:8]}")
+    generator = Generator(spec, tmp_path_factory.mktemp("workload"), registry, None)
+    return generator, generator.build()
+
+
+@pytest.mark.slow
+def test_two_deliveries_ship_only_the_change_and_the_site_ends_identical(
+        workload: tuple[Generator, Workload], tmp_path: Path, registry: Registry, podman: Podman) -> None:
+    generator, built = workload
+    refs = [image.ref for image in built.images]
+    assert len(refs) == 20
+    source, site = tmp_path / "source", tmp_path / "site"
+    images = tmp_path / "images.txt"
+    images.write_text("\n".join(refs) + "\n")
+
+    # delivery one: everything
+    cli(source, "warm", "-f", str(images), "--lock", str(tmp_path / "one.lock"))
+    first = tmp_path / "one.tar"
+    cli(source, "export", "--locked", str(tmp_path / "one.lock"), f"oci-archive:{first}")
+    cli(site, "import", f"oci-archive:{first}")
+    assert names(site) == names(source)
+    cli(site, "inventory", "-o", str(tmp_path / "site.json"))
+
+    # delivery two: two images get a new top layer (their tags move)
+    changed = [built.images[5], built.images[9]]
+    before = {image.name: image.diff_ids[-1] for image in changed}
+    for seed, image in enumerate(changed):
+        generator.rebuild_top_layer(built, image.name, seed=9000 + seed)
+    assert all(image.diff_ids[-1] != before[image.name] for image in changed)
+    cli(source, "warm", "-f", str(images), "--lock", str(tmp_path / "two.lock"))
+    lock_one, lock_two = read_lock(tmp_path / "one.lock"), read_lock(tmp_path / "two.lock")
+    moved = {name for name in lock_two.images if lock_two.images[name].digest != lock_one.images[name].digest}
+    assert moved == {f"{registry.host}/{image.name}" for image in changed}
+    second = tmp_path / "two.tar"
+    cli(source, "export", "--locked", str(tmp_path / "two.lock"), "--exclude-from", str(tmp_path / "site.json"),
+        f"oci-archive:{second}")
+
+    # the second bundle: every manifest, and of the rest only the two new layers and two new configs
+    store = BlobStore(source)
+    expected_new = set()
+    for name in moved:
+        top = parse_digest(lock_two.images[name].digest)
+        old = set(blobs_of(store, parse_digest(lock_one.images[name].digest)))
+        expected_new |= set(blobs_of(store, top)) - old
+    manifests = {str(image.digest) for image in lock_two.images.values()}
+    carried = bundle_blobs(second)
+    assert set(carried) == {str(d) for d in expected_new} | manifests
+    assert len(expected_new) == 6  # per image: the new manifest, config and top layer
+    with tarfile.open(second) as tar:
+        record = json.loads(tar.extractfile("layerhoard-bundle.json").read())  # type: ignore[union-attr]
+    assert record["assumes"] and not set(record["assumes"]) & set(carried)
+    print(f"bundle bytes: delivery one {first.stat().st_size}, delivery two {second.stat().st_size}")
+    assert second.stat().st_size < first.stat().st_size / 5
+
+    cli(site, "import", f"oci-archive:{second}")
+    assert names(site) == names(source)
+    assert reachable(site) == reachable(source)  # byte-identical images
+
+    # skopeo and podman read the site's cache, and skopeo the full bundle
+    name = f"{registry.host}/{changed[0].name}"
+    inspected = json.loads(skopeo("inspect", f"oci:{site}:{name}").stdout)
+    assert inspected["Digest"] == names(source)[name]
+    skopeo("copy", "--quiet", f"oci-archive:{first}:{f'{registry.host}/{built.images[0].name}'}",
+           f"oci:{tmp_path / 'out'}:x")
+    pulled = podman("pull", "-q", f"oci:{site}:{name}")
+    assert pulled.returncode == 0, pulled.stderr
+    listed = podman("image", "inspect", pulled.stdout.strip(), "--format", "{{.Digest}}")
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_lock_rebuild_after_the_tag_moved_gets_the_locked_digest_with_no_tag_request(
+        registry: Registry, tmp_path: Path) -> None:
+    repo = f"lock{uuid.uuid4().hex[:8]}/app:1"
+    first = build_image(tmp_path / "one", [random_layer(40_000, 1), random_layer(30_000, 2)])
+    ref = push(first.layout, first.tag, registry, repo)
+    lock = tmp_path / "app.lock"
+    cli(tmp_path / "builder", "warm", ref, "--lock", str(lock))
+    assert read_lock(lock).images[ref].digest == first.manifest_digest
+
+    moved = build_image(tmp_path / "two", [random_layer(40_000, 1), random_layer(30_000, 3)])
+    push(moved.layout, moved.tag, registry, repo)  # the tag moves
+
+    mark = registry.mark()
+    cli(tmp_path / "rebuild", "warm", "--locked", str(lock))
+    requests = registry.requests(mark)
+    manifests = [r.path for r in requests if "/manifests/" in r.path]
+    assert manifests and all(path.endswith(f"/manifests/{first.manifest_digest}") for path in manifests)
+    assert names(tmp_path / "rebuild") == {ref: first.manifest_digest}
+
+    mark = registry.mark()
+    cli(tmp_path / "rebuild", "warm", "--locked", str(lock))  # fully cached: no request at all
+    assert registry.requests(mark) == []
+
+
+def test_a_locked_digest_missing_everywhere_fails_naming_the_image(registry: Registry, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "img", [random_layer(20_000, 4)])
+    ref = push(image.layout, image.tag, registry, f"gone{uuid.uuid4().hex[:8]}/app:2")
+    lock = tmp_path / "app.lock"
+    cli(tmp_path / "builder", "warm", ref, "--lock", str(lock))
+    document = json.loads(lock.read_text())
+    document["images"][ref]["digest"] = "sha256:" + "ab" * 32
+    document["images"][ref]["platforms"] = {"linux/amd64": "sha256:" + "ab" * 32}
+    lock.write_text(json.dumps(document))
+    result = cli(tmp_path / "rebuild", "warm", "--locked", str(lock), check=False)
+    assert result.returncode == 1
+    assert f"failed: {ref}: locked digest sha256:{'ab' * 32} cannot be had" in result.stdout
+
+
+def lock_and_bundle(registry: Registry, tmp_path: Path, seed: int) -> tuple[str, Path, Path, Path]:
+    """An image of two layers pushed, warmed and locked in a source cache: (ref, source, lock, layout)."""
+    image = build_image(tmp_path / f"img{seed}", [random_layer(50_000, seed), random_layer(20_000, seed + 1)])
+    ref = push(image.layout, image.tag, registry, f"base{uuid.uuid4().hex[:8]}/app:1")
+    source, lock = tmp_path / "source", tmp_path / f"{seed}.lock"
+    cli(source, "warm", ref, "--lock", str(lock))
+    return ref, source, lock, image.layout
+
+
+def test_a_bundle_whose_base_blob_the_site_lacks_is_refused_and_nothing_is_stored(
+        registry: Registry, tmp_path: Path) -> None:
+    ref, source, lock, layout = lock_and_bundle(registry, tmp_path, 10)
+    bundle = tmp_path / "delta.tar"
+    # the exclusion claims the site holds the image's layers (as an oci: layout of it would)
+    cli(source, "export", "--locked", str(lock), "--exclude-from", f"oci:{layout}", f"oci-archive:{bundle}")
+    assert len(bundle_blobs(bundle)) == 1  # the manifest alone
+    site = tmp_path / "site"
+    other_ref, _, other_lock, _ = lock_and_bundle(registry, tmp_path, 20)
+    cli(source, "export", "--locked", str(other_lock), f"oci:{tmp_path / 'first'}")
+    cli(site, "import", f"oci:{tmp_path / 'first'}")
+    before = metadata_state(site)
+    blobs_before = sorted(os.listdir(site / "blobs" / "sha256"))
+    line = one_line_error(cli(site, "import", f"oci-archive:{bundle}", check=False))
+    assert "assumes this cache holds blob" in line and "nothing was imported" in line
+    assert metadata_state(site) == before
+    assert sorted(os.listdir(site / "blobs" / "sha256")) == blobs_before
+    assert ref not in names(site) and other_ref in names(site)
+
+
+def test_inventories_of_a_layout_and_a_registry_repository(registry: Registry, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "img", [random_layer(30_000, 30)])
+    repo = f"inv{uuid.uuid4().hex[:8]}/app"
+    ref = push(image.layout, image.tag, registry, f"{repo}:1")
+    expected = {image.manifest_digest, image.config_digest, *(layer.digest for layer in image.layers)}
+    mark = registry.mark()
+    listed = json.loads(cli(tmp_path / "c", "inventory", f"docker://{registry.host}/{repo}").stdout)
+    assert set(listed["blobs"]) == expected
+    assert len(registry.requests(mark)) == 2  # the tags list, one manifest
+    layout = json.loads(cli(tmp_path / "c", "inventory", f"oci:{image.layout}").stdout)
+    assert set(layout["blobs"]) == expected
+    cli(tmp_path / "c", "pull", ref)
+    cached = json.loads(cli(tmp_path / "c", "inventory").stdout)
+    assert expected <= set(cached["blobs"])
+    line = one_line_error(cli(tmp_path / "c", "inventory", f"docker://{registry.host}/{repo}:1", check=False))
+    assert "name a repository" in line
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"{not json", "is not valid JSON"),
+    (b'{"lockVersion": 1, "images": []}', "'images' must be an object"),
+    (b'{"lockVersion": 1, "images": {"x.io/a:1": {"digest": "sha256:../../etc", "mediaType": "m"}}}',
+     "invalid digest"),
+    (b'{"lockVersion": 1, "images": {"Not A Ref": {}}}', "invalid image reference"),
+    (b'{"lockVersion": 2, "images": {}}', "not a layerhoard lock file"),
+])
+def test_malformed_lock_files_are_one_line_errors(tmp_path: Path, content: bytes, words: str) -> None:
+    lock = tmp_path / "bad.lock"
+    lock.write_bytes(content)
+    with pytest.raises(DeliveryError, match=re.escape(words)):
+        read_lock(lock)
+    assert words in one_line_error(cli(tmp_path / "c", "warm", "--locked", str(lock), check=False))
+    assert words in one_line_error(cli(tmp_path / "c", "export", "--locked", str(lock), "-", check=False))
+
+
+def test_a_bundle_with_a_damaged_blob_is_refused_and_nothing_is_named(registry: Registry, tmp_path: Path) -> None:
+    _, source, lock, _ = lock_and_bundle(registry, tmp_path, 40)
+    bundle = tmp_path / "bundle"
+    cli(source, "export", "--locked", str(lock), f"oci:{bundle}")
+    layers = sorted((bundle / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    biggest = layers[-1]
+    data = bytearray(biggest.read_bytes())
+    data[-100] ^= 0xFF
+    biggest.unlink()
+    biggest.write_bytes(bytes(data))  # same size, one byte flipped
+    site = tmp_path / "site"
+    line = one_line_error(cli(site, "import", f"oci:{bundle}", check=False))
+    assert biggest.name in line
+    assert names(site) == {}
+
+
+def evil_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+                              ("index.json", b'{"schemaVersion":2,"manifests":[]}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        member.size = len(data) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(data) if data else None)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("../outside", tarfile.REGTYPE),
+    ("/etc/passwd", tarfile.REGTYPE),
+    ("blobs/sha256/../../index.json", tarfile.REGTYPE),
+    ("blobs/sha256/" + "a" * 64, tarfile.SYMTYPE),
+    ("index.json", tarfile.REGTYPE),  # a second index.json
+])
+def test_path_tricks_in_a_bundle_tar_are_refused(tmp_path: Path, name: str, kind: bytes) -> None:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+    bundle = tmp_path / "evil.tar"
+    evil_tar(bundle, member, b"x" if kind == tarfile.REGTYPE else b"")
+    site = tmp_path / "site"
+    line = one_line_error(cli(site, "import", f"oci-archive:{bundle}", check=False))
+    assert "refusing the bundle" in line
+    assert names(site) == {} and not any((site / "blobs" / "sha256").iterdir())
