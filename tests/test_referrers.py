@@ -8,12 +8,15 @@ schema, and layerhoard serve (an OCI 1.1 registry) is where the referrers API is
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import oras.client
 import pytest
 import requests
+from click.testing import CliRunner
 
 from cache.errors import DigestMismatch
 from cache.ingest.pull import pull
@@ -21,9 +24,12 @@ from cache.ingest.referrers import ReferrerOptions, RegistryReferrers, fetch_ref
 from cache.ingest.report import ReferrerReport
 from cache.model.digest import parse_digest
 from cache.registry.client import RegistryClient
+from cache.sbom import SbomRecords
 from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
+from cache.store.images import load_image
 from cache.upkeep.gc import gc
+from cli.main import main
 from tests.images import build_image, push, random_layer
 from tests.referrer_makers import (
     OCI_INDEX,
@@ -174,3 +180,36 @@ def test_serve_answers_the_referrers_api_and_the_tag_schema_and_a_pull_from_it_u
             (signed.sbom.digest, "referrers-api"), (signed.signature.digest, "cosign:sig"),
             (signed.sbom_signature.digest, "cosign:sig")}
         assert_kept_byte_for_byte(second, signed.made)
+
+
+def sbom_cli(cache: Path, *args: str) -> Any:
+    result = CliRunner().invoke(main, ["--cache-dir", str(cache), "--json", "sbom", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_an_attached_sbom_travels_to_a_second_cache_which_returns_it_without_a_scan(
+        store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
+    pull(store, signed.ref)
+    attached = sbom_cli(store.root, signed.ref, "--attach", "-o", str(tmp_path / "first.json"))
+    assert attached["scanned"] and attached["attached"]
+    document = (tmp_path / "first.json").read_bytes()
+    again = sbom_cli(store.root, signed.ref, "-o", str(tmp_path / "again.json"))  # no scan, no new artifact
+    assert not again["scanned"] and again["attached"] == attached["attached"]
+    assert (tmp_path / "again.json").read_bytes() == document
+    rescanned = sbom_cli(store.root, signed.ref, "--rescan", "-o", str(tmp_path / "rescan.json"))
+    assert rescanned["scanned"] and rescanned["attached"] is None
+
+    with start(store, default_registry=registry.host) as server:
+        listed = requests.get(f"http://{server.host}/v2/{signed.repo}/referrers/{signed.digest}",
+                              params={"artifactType": "application/spdx+json"}, timeout=10).json()
+        assert [m["digest"] for m in listed["manifests"]] == [attached["attached"]]
+        second = BlobStore(tmp_path / "second")
+        pull(second, f"{server.host}/{signed.repo}:1")
+        fetched(second, server.host, signed.repo, signed.digest)
+    ref = f"{server.host}/{signed.repo}:1"
+    reused = sbom_cli(second.root, ref, "-o", str(tmp_path / "second.json"))
+    assert not reused["scanned"] and reused["attached"] == attached["attached"]
+    assert (tmp_path / "second.json").read_bytes() == document
+    records = SbomRecords(second.index)  # the witness: a scanned layer leaves its record
+    assert all(records.get(str(diff_id)) is None for diff_id in load_image(second, ref).config.diff_ids)

@@ -9,7 +9,8 @@ import click
 from cache.errors import LayerhoardError
 from cache.ingest.pull import PullOptions
 from cache.model.manifests import Platform
-from cache.sbom import FORMATS, image_sbom, render
+from cache.sbom import FORMATS
+from cache.sbom.attach import image_sbom_document
 from cache.sbom.source import image_for
 from cache.store.fsutil import write_atomic
 from cli.output import Context, pass_context
@@ -26,14 +27,19 @@ from cli.remote_options import finish_remote, open_remote, remote_options
 @click.option("--offline", is_flag=True, help="Use only what is cached; make no request.")
 @click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS (non-loopback).")
 @click.option("--docker-host", help="Docker daemon for docker-daemon: (default: DOCKER_HOST or context).")
+@click.option("--attach", is_flag=True, help="Store the SBOM as an OCI artifact beside the image (its subject), "
+                                             "so serve, export oci: and push-cache carry it.")
+@click.option("--rescan", is_flag=True, help="Scan even when an SBOM of this format travels with the image.")
 @remote_options
 @pass_context
 def sbom_command(ctx: Context, source: str, format_name: str, output: str | None, platform: str | None,
-                 refresh: bool, offline: bool, insecure: bool, docker_host: str | None) -> None:
+                 refresh: bool, offline: bool, insecure: bool, docker_host: str | None, attach: bool,
+                 rescan: bool) -> None:
     """SBOM of SOURCE (any transport); layers already scanned are not read again.
 
-    The scan summary (layers scanned vs served from the per-layer cache) goes to stderr; with
-    --json and -o FILE it is printed on stdout as JSON instead.
+    An SBOM of the asked format that travels with the image (from its registry, or an earlier
+    --attach) is returned as it is, without a scan. The scan summary (layers scanned vs served from
+    the per-layer cache) goes to stderr; with --json and -o FILE it is printed on stdout as JSON instead.
     """
     try:
         wanted = Platform.parse(platform) if platform else None
@@ -43,17 +49,26 @@ def sbom_command(ctx: Context, source: str, format_name: str, output: str | None
                           remote=None if offline else open_remote(ctx, insecure=insecure))
     image, pulled = image_for(ctx.store, source, options, refresh=refresh)
     finish_remote(ctx, options.remote)
-    sbom = image_sbom(image)
-    document = render(sbom, format_name)
+    result = image_sbom_document(image, format_name, attach=attach, rescan=rescan)
     if output:
-        write_atomic(Path(output), document.encode())
+        write_atomic(Path(output), result.document)
     else:
-        click.echo(document, nl=False)
+        click.echo(result.document, nl=False)
+    attached = str(result.attached) if result.attached else None
+    sbom = result.sbom
+    if sbom is None:  # one that travels with the image: no scan
+        if ctx.json and output:
+            ctx.result({"ref": image.ref, "digest": str(image.digest), "format": format_name, "output": output,
+                        "attached": attached, "scanned": False, "pulled": pulled is not None})
+        else:
+            ctx.log(f"{image.ref}: the SBOM attached as {attached} (no scan; --rescan scans)")
+        return
     summary = {
         "ref": sbom.ref, "digest": sbom.digest, "format": format_name, "output": output,
         "packages": len(sbom.packages), "layers": len(sbom.layers),
         "layers_scanned": sbom.layers_scanned, "layers_cached": sbom.layers_cached,
         "pulled": pulled is not None, "seconds": round(sbom.seconds, 3), "warnings": sbom.warnings,
+        "attached": attached, "scanned": True,
     }
     for warning in sbom.warnings:  # shown even with -q: the document may be incomplete
         click.echo(f"layerhoard: warning: {warning}", err=True)
