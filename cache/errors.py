@@ -41,6 +41,19 @@ class InvalidManifest(LayerhoardError):
     """A manifest, index or config that does not parse or breaks the OCI rules."""
 
 
+class NotScanned(LayerhoardError):
+    """An image's SBOM asked of the scan records alone (the web view), where a layer has none."""
+
+
+class BadViewRequest(LayerhoardError):
+    """A request to the web view that cannot be answered: an unknown page, a size that does not
+    parse, an image that is not cached."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class SourceError(LayerhoardError):
     """A source (registry, daemon, layout, archive) that failed or answered badly."""
 

@@ -24,6 +24,7 @@ COMMANDS = {
     "sbom": "cli.commands.sbom:sbom_command",
     "export": "cli.commands.export:export_command",
     "serve": "cli.commands.serve:serve_command",
+    "ui": "cli.commands.ui:ui_command",
     "ls": "cli.commands.maintenance:ls_command",
     "du": "cli.commands.maintenance:du_command",
     "verify": "cli.commands.maintenance:verify_command",

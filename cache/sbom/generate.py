@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cache.errors import BlobNotFound, InvalidManifest, evicted_while_read
+from cache.errors import BlobNotFound, InvalidManifest, NotScanned, evicted_while_read
 from cache.model.manifests import compression_of
 from cache.sbom.catalogers import SCANNER_VERSION
 from cache.sbom.merge import merge
@@ -48,12 +48,16 @@ class ImageSbom:
         return sum(1 for layer in self.layers if not layer.scanned)
 
 
-def layer_record(image: CachedImage, index: int, records: SbomRecords) -> tuple[LayerRecord, bool]:
-    """The record of layer ``index``: (record, True when it had to be scanned now)."""
+def layer_record(image: CachedImage, index: int, records: SbomRecords,
+                 scan: bool = True) -> tuple[LayerRecord, bool]:
+    """The record of layer ``index``: (record, True when it had to be scanned now). With ``scan``
+    False a layer without a record raises NotScanned instead (its blob is never opened)."""
     diff_id = str(image.config.diff_ids[index])
     cached = records.get(diff_id)
     if cached is not None:
         return cached, False
+    if not scan:
+        raise NotScanned(f"{image.ref}: layer {diff_id} has no scan record; `layerhoard sbom` scans it")
     descriptor = image.layers[index]
     try:
         raw = image.open_layer(descriptor)
@@ -65,7 +69,8 @@ def layer_record(image: CachedImage, index: int, records: SbomRecords) -> tuple[
     return record, True
 
 
-def image_sbom(image: CachedImage) -> ImageSbom:
+def image_sbom(image: CachedImage, scan: bool = True) -> ImageSbom:
+    """The image's SBOM; with ``scan`` False from the scan records alone (NotScanned if one is missing)."""
     started = time.monotonic()
     image.require_image("an SBOM")
     if len(image.config.diff_ids) != len(image.layers):
@@ -76,7 +81,7 @@ def image_sbom(image: CachedImage) -> ImageSbom:
     scans: list[LayerScan] = []
     for index, descriptor in enumerate(image.layers):
         layer_started = time.monotonic()
-        record, scanned = layer_record(image, index, records)
+        record, scanned = layer_record(image, index, records, scan)
         layer_records.append(record)
         scans.append(LayerScan(record.diff_id, str(descriptor.digest), scanned,
                                time.monotonic() - layer_started, record.uncompressed_bytes))

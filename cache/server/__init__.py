@@ -24,7 +24,7 @@ from cache.server.auth import Authenticator, check_listen
 from cache.server.deletes import Deleted
 from cache.server.handler import RegistryHandler
 from cache.server.listener import Connection, Listener
-from cache.server.metrics import Family, Metrics
+from cache.server.metrics import Family, Metrics, StoreGauges
 from cache.server.names import normalise_registry
 from cache.server.uploads import DEFAULT_EXPIRY, DEFAULT_LIMIT, DEFAULT_MAX_SIZE, Uploads
 from cache.server.upstream import Upstreams
@@ -69,6 +69,7 @@ class RegistryServer(Listener):
         self._warn = options.warn or options.log
         self.access_log = options.access_log
         self.metrics = Metrics()
+        self.store_gauges = StoreGauges(store)
         self.upstream_fetches: list[str] = []  # what went upstream, for tests and stats
         super().__init__(address, workers=options.workers, max_connections=options.max_connections,
                          header_timeout=options.header_timeout, idle_timeout=options.idle_timeout,
@@ -110,7 +111,8 @@ class RegistryServer(Listener):
         return not RegistryHandler(connection, connection.address, self).close_connection  # type: ignore[arg-type]
 
     def metrics_text(self) -> str:
-        """``/metrics``: the request counters, and gauges read from the listener and the uploads."""
+        """``/metrics``: the request counters, gauges read from the listener and the uploads, and
+        the cache's own figures (size, blobs, images, pulls by source)."""
         counts = dict(self.uploads.counts)
         return self.metrics.render([
             Family("layerhoard_uploads_total", "counter", "Blob uploads started, completed and expired.",
@@ -119,6 +121,7 @@ class RegistryServer(Listener):
                    [({}, self.open_connections)]),
             Family("layerhoard_refused_connections_total", "counter", "Connections refused (503) at the cap.",
                    [({}, self.refused_connections)]),
+            *self.store_gauges.families(),
         ])
 
     def _log_fetch(self, what: str) -> None:

@@ -9,14 +9,23 @@ prometheus_client (a dependency, a registry of its own, and a collector API for 
 Costs: one lock and a dict update per request. Trusts: labels are our own words (routes, methods
 from a fixed list, statuses as numbers), never client text; values are still escaped as the
 format asks.
+
+:class:`StoreGauges` adds what the cache holds and what it saved (the figures of ``du`` and
+``stats``): read from the metadata index (one query for the blobs, one for the counters) and
+index.json, never from a listing of blobs/, and kept for a few seconds so that frequent scrapes
+of a large cache cost nothing more.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from cache.store.blobstore import BlobStore
+from cache.upkeep.stats import source_counters
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -69,6 +78,47 @@ class Metrics:
                        [({"kind": k}, n) for k, n in sorted(self._upstream.items())]),
             ]
         return "".join(_family(family) for family in [*families, *more])
+
+
+# name, help, and the stats field (cache.upkeep.stats.FIELDS) counted per source kind
+SOURCE_COUNTERS = (
+    ("layerhoard_pulls_total", "Pulls completed into the cache, by source kind.", "pulls"),
+    ("layerhoard_layer_hits_total", "Layers a pull found stored (not fetched), by source kind.", "hits"),
+    ("layerhoard_layer_misses_total", "Layers a pull had to fetch, by source kind.", "misses"),
+    ("layerhoard_fetched_bytes_total", "Bytes pulls fetched from their source, by source kind.", "bytes_fetched"),
+    ("layerhoard_reused_bytes_total", "Layer bytes pulls found stored and did not fetch again, by source kind.",
+     "bytes_reused"),
+)
+
+
+class StoreGauges:
+    """The cache's size and its pull counters as metric families, kept for ``seconds``."""
+
+    def __init__(self, store: BlobStore, seconds: float = 5.0) -> None:
+        self._store = store
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._families: list[Family] = []
+        self._until = 0.0
+
+    def families(self) -> list[Family]:
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._until:
+                self._families, self._until = self._read(), now + self._seconds
+            return self._families
+
+    def _read(self) -> list[Family]:
+        blobs, stored = self._store.index.blob_totals()
+        images = len(self._store.images())
+        per_kind = source_counters(self._store)
+        return [
+            Family("layerhoard_cache_bytes", "gauge", "Bytes of the blobs the cache holds.", [({}, stored)]),
+            Family("layerhoard_cache_blobs", "gauge", "Blobs the cache holds.", [({}, blobs)]),
+            Family("layerhoard_cache_images", "gauge", "Images named in the cache (its index.json).", [({}, images)]),
+            *(Family(name, "counter", text, [({"source": kind}, values[field]) for kind, values in per_kind.items()])
+              for name, text, field in SOURCE_COUNTERS),
+        ]
 
 
 def _family(family: Family) -> str:
