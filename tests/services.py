@@ -128,7 +128,7 @@ class Registry:
 class Daemon:
     """A private dockerd with its own data root and socket, logging every API call (--debug)."""
 
-    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.socket = workdir / "docker.sock"
         self.host = f"unix://{self.socket}"
@@ -138,7 +138,7 @@ class Daemon:
             [
                 "dockerd", "--data-root", str(workdir / "data"), "--exec-root", str(workdir / "exec"),
                 "--host", self.host, "--pidfile", str(workdir / "pid"), "--iptables=false",
-                "--bridge=none", "--ip-masq=false", "--debug", *extra_args,
+                "--bridge=none", "--ip-masq=false", "--debug",
             ],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -195,14 +195,13 @@ def start_registry(workdir: Path) -> Iterator[Registry]:
         registry.stop()
 
 
-def start_daemon(workdir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Daemon]:
-    """A private dockerd; ``extra_args`` go to dockerd (``--storage-driver vfs``, say)."""
+def start_daemon(workdir: Path) -> Iterator[Daemon]:
     if shutil.which("dockerd") is None or shutil.which("docker") is None:
         unavailable("dockerd is not installed (apt-get install docker.io)")
     if os.geteuid() != 0:
         unavailable("a private dockerd needs root")
     try:
-        daemon = Daemon(workdir, extra_args)
+        daemon = Daemon(workdir)
     except RuntimeError as error:
         unavailable(str(error))
         raise
