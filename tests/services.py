@@ -128,7 +128,7 @@ class Registry:
 class Daemon:
     """A private dockerd with its own data root and socket, logging every API call (--debug)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.socket = workdir / "docker.sock"
         self.host = f"unix://{self.socket}"
@@ -138,7 +138,7 @@ class Daemon:
             [
                 "dockerd", "--data-root", str(workdir / "data"), "--exec-root", str(workdir / "exec"),
                 "--host", self.host, "--pidfile", str(workdir / "pid"), "--iptables=false",
-                "--bridge=none", "--ip-masq=false", "--debug",
+                "--bridge=none", "--ip-masq=false", "--debug", *extra_args,
             ],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -195,13 +195,14 @@ def start_registry(workdir: Path) -> Iterator[Registry]:
         registry.stop()
 
 
-def start_daemon(workdir: Path) -> Iterator[Daemon]:
+def start_daemon(workdir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Daemon]:
+    """A private dockerd; ``extra_args`` go to dockerd (``--storage-driver vfs``, say)."""
     if shutil.which("dockerd") is None or shutil.which("docker") is None:
         unavailable("dockerd is not installed (apt-get install docker.io)")
     if os.geteuid() != 0:
         unavailable("a private dockerd needs root")
     try:
-        daemon = Daemon(workdir)
+        daemon = Daemon(workdir, extra_args)
     except RuntimeError as error:
         unavailable(str(error))
         raise

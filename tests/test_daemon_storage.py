@@ -12,8 +12,14 @@ import gzip
 import hashlib
 import io
 import json
+import multiprocessing
 import os
+import shutil
+import socket
 import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +30,11 @@ from cache.formats.tar_split import FileEntry, Segment, confined_parts, records
 from cache.model.digest import Digest, parse_digest
 from cache.model.refs import DaemonSource
 from cache.sources.daemon import pull_from_daemon
-from cache.sources.overlay2_layers import chain_ids, overlay2_data_root
+from cache.sources.dockerd_storage import chain_ids, daemon_storage
 from cache.store.blobstore import BlobStore
 from cache.store.images import load_image
 from tests.images import build_image, load_into_daemon, random_layer, tar_of
-from tests.services import Daemon
+from tests.services import Daemon, start_daemon
 
 pytestmark = pytest.mark.daemon
 
@@ -190,11 +196,104 @@ def test_a_tar_split_naming_a_path_outside_is_refused(
         record.write_bytes(original)
 
 
+@pytest.fixture(scope="module")
+def vfs_dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from start_daemon(tmp_path_factory.mktemp("vfs-dockerd"), ("--storage-driver", "vfs"))
+
+
+def test_vfs_layers_are_read_from_the_whole_file_system_folders(
+    vfs_dockerd: Daemon, store: BlobStore, tmp_path: Path
+) -> None:
+    """vfs keeps each layer as the whole file system after it; the files a layer's tar-split names
+    hold that layer's bytes there, so the replay gives the same tar as the save."""
+    image = build_image(tmp_path / "layout", [BASE, NEW, tar_of({"layer1701/data.bin": b"replaced\n"})], tag="t")
+    load_into_daemon(image.layout, "t", vfs_dockerd, "lh/vfs:1")
+    mark = vfs_dockerd.mark()
+    report = pull_from_daemon(store, DaemonSource("lh/vfs:1"), docker_host=vfs_dockerd.host)
+    assert vfs_dockerd.save_calls(mark) == [] and report.route == "vfs"
+    saved = _saved_layers(vfs_dockerd, "lh/vfs:1", tmp_path)
+    assert [_stored_tar(store, layer.digest) for layer in report.layers] == saved
+
+
+class _Relay:
+    """The daemon's socket, reachable by another user: pytest's 0700 folders hide the real one.
+    Forwards bytes both ways, nothing else."""
+
+    def __init__(self, target: Path) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="lh-relay-", dir="/tmp"))
+        os.chmod(self.folder, 0o755)
+        self.path = self.folder / "docker.sock"
+        self._target = target
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(str(self.path))
+        os.chmod(self.path, 0o777)
+        self._server.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(str(self._target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._server.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _pull_as(member: tuple[int, int], cache: str, host: str, name: str, out: object) -> None:
+    os.setgroups([member[1]])
+    os.setgid(member[1])
+    os.setuid(member[0])
+    store = BlobStore(Path(cache))
+    try:
+        report = pull_from_daemon(store, DaemonSource(name), docker_host=host)
+        out.send((report.route, report.fallback))  # type: ignore[attr-defined]
+    except BaseException as error:
+        out.send(("error", repr(error)))  # type: ignore[attr-defined]
+
+
+def test_a_user_who_cannot_read_the_data_root_falls_back_to_save(
+    dockerd: Daemon, images: dict[str, str], member: tuple[int, int]
+) -> None:
+    relay = _Relay(dockerd.socket)
+    cache = relay.folder / "cache"
+    cache.mkdir()
+    os.chown(cache, *member)
+    fork = multiprocessing.get_context("fork")  # the child runs code already loaded (root's 0700 home)
+    receive, send = fork.Pipe(duplex=False)
+    try:
+        mark = dockerd.mark()
+        child = fork.Process(target=_pull_as, args=(member, str(cache), f"unix://{relay.path}", images["base"], send))
+        child.start()
+        route, fallback = receive.recv() if receive.poll(120) else ("error", "no answer")
+        child.join(30)
+        assert route == "docker save", fallback
+        assert f"cannot read the daemon's data root {dockerd.workdir / 'data'}: Permission denied" in fallback
+        assert len(dockerd.save_calls(mark)) == 1
+    finally:
+        relay.close()
+
+
 def test_a_daemon_on_another_driver_falls_back_to_save() -> None:
-    with pytest.raises(DirectReadRefused, match="storage driver is 'vfs', not overlay2"):
-        overlay2_data_root({"Driver": "vfs", "DockerRootDir": "/var/lib/docker"})
+    with pytest.raises(DirectReadRefused, match="storage driver is 'btrfs', not overlay2 or vfs"):
+        daemon_storage({"Driver": "btrfs", "DockerRootDir": "/var/lib/docker"})
     with pytest.raises(DirectReadRefused, match="did not answer /info"):
-        overlay2_data_root(None)
+        daemon_storage(None)
 
 
 def test_the_fallback_env_streams_docker_save(

@@ -19,12 +19,15 @@ import requests
 from click.testing import CliRunner
 
 from cache.errors import DigestMismatch
+from cache.formats.index_json import REF_NAME
 from cache.ingest.pull import pull
 from cache.ingest.referrers import ReferrerOptions, RegistryReferrers, fetch_referrers
 from cache.ingest.report import ReferrerReport
 from cache.model.digest import parse_digest
 from cache.registry.client import RegistryClient
 from cache.sbom import SbomRecords
+from cache.sinks import export
+from cache.sources.layout_referrers import LayoutReferrers
 from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
 from cache.store.images import load_image
@@ -213,3 +216,46 @@ def test_an_attached_sbom_travels_to_a_second_cache_which_returns_it_without_a_s
     assert (tmp_path / "second.json").read_bytes() == document
     records = SbomRecords(second.index)  # the witness: a scanned layer leaves its record
     assert all(records.get(str(diff_id)) is None for diff_id in load_image(second, ref).config.diff_ids)
+
+
+def test_an_oci_export_pulled_into_a_fresh_cache_still_has_every_referrer(
+        store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
+    pull(store, signed.ref)
+    fetched(store, registry.host, signed.repo, signed.digest)
+    layout = tmp_path / "layout"
+    export(store, load_image(store, signed.ref), f"oci:{layout}:app")
+    entries = json.loads((layout / "index.json").read_text())["manifests"]
+    names = {entry["digest"]: entry.get("annotations", {}).get(REF_NAME) for entry in entries}
+    assert names == {signed.digest: "app", signed.sbom.digest: None,  # a referrer: listed unnamed
+                     signed.signature.digest: f"sha256-{signed.digest[7:]}.sig",  # cosign's: by its tag
+                     signed.sbom_signature.digest: f"sha256-{signed.sbom.digest[7:]}.sig"}
+    for made in signed.made:
+        for digest, data in [(made.digest, made.manifest), *made.blobs.items()]:
+            assert (layout / "blobs" / "sha256" / digest[7:]).read_bytes() == data
+
+    fresh = BlobStore(tmp_path / "fresh")
+    pull(fresh, f"oci:{layout}:app")
+    reports = fetch_referrers(fresh, LayoutReferrers(layout), [parse_digest(signed.digest)], f"oci:{layout}")
+    assert {(r.digest, r.via) for r in reports} == {
+        (signed.sbom.digest, "layout"), (signed.signature.digest, "cosign:sig"),
+        (signed.sbom_signature.digest, "cosign:sig")}
+    assert_kept_byte_for_byte(fresh, signed.made)
+    with start(fresh) as server:  # and serve answers them from the fresh cache
+        listed = requests.get(f"http://{server.host}/v2/x/referrers/{signed.digest}", timeout=10).json()
+        assert [m["digest"] for m in listed["manifests"]] == [signed.sbom.digest]
+
+
+def test_inspect_shows_what_travels_with_an_image(store: BlobStore, registry: Registry, signed: Signed) -> None:
+    pull(store, signed.ref)
+    fetched(store, registry.host, signed.repo, signed.digest)
+    result = CliRunner().invoke(main, ["--cache-dir", str(store.root), "--json", "inspect", signed.ref])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert {(row["digest"], row["via"], row["subject"]) for row in shown["attached"]} == {
+        (signed.sbom.digest, "referrer", signed.digest), (signed.signature.digest, "cosign:sig", signed.digest),
+        (signed.sbom_signature.digest, "cosign:sig", signed.sbom.digest)}
+    sbom = next(row for row in shown["attached"] if row["digest"] == signed.sbom.digest)
+    assert sbom["artifact_type"] == SBOM_TYPE
+    assert sbom["size"] == len(signed.sbom.manifest) + sum(len(data) for data in signed.sbom.blobs.values())
+    missing = CliRunner().invoke(main, ["--cache-dir", str(store.root), "inspect", "nothing:here"])
+    assert missing.exit_code == 1 and "is not in the cache" in missing.output

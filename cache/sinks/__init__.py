@@ -23,7 +23,7 @@ from cache.model.manifests import OCI_INDEX, Descriptor, build_index
 from cache.model.refs import ImageRef
 from cache.sinks.archive import write_archive
 from cache.sinks.daemon import load_into_daemon
-from cache.sinks.layout import write_layout
+from cache.sinks.layout import write_attachments, write_layout
 from cache.sinks.transcode import COMPRESSIONS, TRANSCODE_SOURCE, LayerOutcome, transcode
 from cache.store.blobstore import BlobStore
 from cache.store.fsutil import replacing
@@ -110,6 +110,7 @@ def _export(store: BlobStore, image: CachedImage, destination: str, compression:
         blobs = [manifest.config.digest, *(layer.digest for layer in manifest.layers), manifest.digest]
         placed = write_layout(store, blobs, manifest.descriptor(image.config.platform), Path(dest.path),
                               dest.name or image.ref)
+        placed += write_attachments(store, [manifest.digest], Path(dest.path))
         report.linked, report.copied, report.bytes_written = placed.linked, placed.copied, placed.copied_bytes
         report.changed = bool(placed.linked or placed.copied or placed.index_changed)
     elif dest.kind == "docker-archive":
@@ -147,6 +148,7 @@ def _export_platforms(store: BlobStore, image: CachedImage, dest: Destination, d
         top = Descriptor(OCI_INDEX, store.put_bytes(raw, OCI_INDEX, TRANSCODE_SOURCE), len(raw))
         link_derived(store, platforms.digest, top.digest)
     placed = write_layout(store, [*blobs, top.digest], top, Path(dest.path), dest.name or image.ref)
+    placed += write_attachments(store, [top.digest, *(entry.digest for entry in entries)], Path(dest.path))
     report.digest = str(top.digest)
     report.linked, report.copied, report.bytes_written = placed.linked, placed.copied, placed.copied_bytes
     report.changed = bool(placed.linked or placed.copied or placed.index_changed)

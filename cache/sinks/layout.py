@@ -24,6 +24,7 @@ from cache.errors import LayerhoardError
 from cache.formats.index_json import REF_NAME, encode_document, encode_line, ref_name_of
 from cache.model.digest import Digest
 from cache.model.manifests import OCI_INDEX, Descriptor
+from cache.store.attachments import attachments
 from cache.store.blobstore import LAYOUT_VERSION, BlobStore
 from cache.store.folder import Folder
 from cache.store.fsutil import replacing, write_atomic
@@ -36,6 +37,14 @@ class LayoutResult:
     present: int = 0
     copied_bytes: int = 0
     index_changed: bool = False
+
+    def __iadd__(self, other: LayoutResult) -> LayoutResult:
+        self.linked += other.linked
+        self.copied += other.copied
+        self.present += other.present
+        self.copied_bytes += other.copied_bytes
+        self.index_changed = self.index_changed or other.index_changed
+        return self
 
 
 def write_layout(
@@ -61,6 +70,19 @@ def write_layout(
         folder.close()
     with _directory_lock(directory):
         result.index_changed = _name_in_index(directory / "index.json", manifest, ref_name)
+    return result
+
+
+def write_attachments(store: BlobStore, exported: list[Digest], directory: Path) -> LayoutResult:
+    """Put what travels with the manifests ``exported`` (as they are stored: a transcoded manifest
+    has no referrers) into the layout: each referrer's blobs and manifest, listed unnamed in
+    index.json (image-layout 1.1 keeps referrers as content, reached through their ``subject``),
+    and each cosign-tag manifest named by its tag (``sha256-<hex>.sig``), as a registry holds it."""
+    result = LayoutResult()
+    for attached in attachments(store, exported):
+        manifest = attached.manifest
+        blobs = [manifest.config.digest, *(blob.digest for blob in manifest.layers), manifest.digest]
+        result += write_layout(store, blobs, manifest.descriptor(), directory, attached.cosign_tag)
     return result
 
 

@@ -3,9 +3,9 @@
 1. Inspect the image (its ID is the config's sha256, RootFS.Layers its diff_ids).
 2. If the config and a blob for every diff_id are stored (an earlier daemon pull, or registry
    pulls whose diff_ids we verified), record the image from the store: no `docker save` at all.
-3. Otherwise, when ``/info`` says overlay2 and its data root is readable here (root, or rootless
+3. Otherwise, when ``/info`` says overlay2 (or vfs) and its data root is readable here (root, or rootless
    docker's data root in the user's home), rebuild only the new layers from the daemon's own
-   storage (:mod:`cache.sources.overlay2_layers`), each hashed to its diff_id: no save at all.
+   storage (:mod:`cache.sources.dockerd_storage`), each hashed to its diff_id: no save at all.
 4. Otherwise, or when that read is refused (not permitted, another driver, a file that changed,
    a hash that does not match), stream ``GET /images/{name}/get`` once through :class:`SaveReader`:
    new layers are compressed with our fixed zstd while their diff_id is computed, stored ones only
@@ -33,8 +33,8 @@ from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import OCI_CONFIG, OCI_LAYER_ZSTD, parse_config
 from cache.model.refs import DaemonSource, ImageRef, daemon_image_name
 from cache.progress import ProgressFactory
+from cache.sources.dockerd_storage import LayerStorage, chain_ids, daemon_storage, rebuild_layers
 from cache.sources.engine import Engine, connect
-from cache.sources.overlay2_layers import Overlay2Storage, chain_ids, overlay2_data_root, rebuild_layers
 from cache.sources.saveimage import MissingLayers, commit, find_entries, pick_entry, prepare, record_stored
 from cache.sources.staging import Staging
 from cache.sources.storedlayers import stored_layer
@@ -103,11 +103,11 @@ def _pull_direct(
     started: float,
     progress: ProgressFactory | None,
 ) -> PullReport:
-    """The image from the daemon's overlay2 storage: its config, and each layer not stored yet
+    """The image from the daemon's overlay2 or vfs storage: its config, and each layer not stored yet
     rebuilt and hashed to its diff_id; DirectReadRefused (nothing stored) when that cannot be done."""
     if os.environ.get(NO_STORAGE_READS):
         raise DirectReadRefused(f"{NO_STORAGE_READS} is set")
-    with Overlay2Storage(overlay2_data_root(engine.info())) as storage:
+    with LayerStorage(*daemon_storage(engine.info())) as storage:
         config_raw = storage.config(image_id)
         if list(parse_config(config_raw).diff_ids) != diff_ids:
             raise DirectReadRefused("the daemon's stored config lists other layers than its inspect")
@@ -133,7 +133,7 @@ def _pull_direct(
         layer_report.reused = layer_report.diff_id not in read
     report.bytes_reused = sum(layer.size for layer in report.layers if layer.reused)
     report.bytes_fetched = sum(layer.tar_size for layer in rebuilt)
-    report.route = "overlay2"
+    report.route = storage.driver
     return report
 
 

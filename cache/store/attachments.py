@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-from cache.errors import BlobNotFound, InvalidManifest
+from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest
 from cache.model.digest import Digest
 from cache.model.manifests import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, parse_manifest_or_index
 from cache.store.blobstore import BlobStore
@@ -112,3 +112,13 @@ def attachments(store: BlobStore, roots: Iterable[Digest], depth: int = DEPTH) -
                     following.append(attached.digest)
         level = following
     return found
+
+
+def image_attachments(store: BlobStore, ref: str) -> dict[str, Any]:
+    """What travels with the image named ``ref`` (as ``ls`` lists it), for ``inspect``."""
+    entry = store.image_descriptor(ref)
+    if entry is None:
+        raise ImageNotFound(f"{ref} is not in the cache; `layerhoard ls` lists the names it holds")
+    root = Descriptor.from_json(entry, f"index.json entry {ref}").digest
+    return {"ref": ref, "digest": str(root), "manifests": [str(d) for d in image_manifests(store, root)],
+            "attached": [attached.to_json() for attached in attachments(store, [root])]}

@@ -1,9 +1,12 @@
-"""A legacy dockerd's layers read from its overlay2 storage, without ``docker save``.
+"""A legacy dockerd's layers read from its overlay2 (or vfs) storage, without ``docker save``.
 
 dockerd keeps, for each layer, the files it unpacked (``overlay2/<cache-id>/diff``) and the rest
 of the layer's original tar as a tar-split record
 (``image/overlay2/layerdb/sha256/<chain-id>/tar-split.json.gz``, beside ``cache-id`` and ``diff``);
-it replays one through the other for ``docker save``. So do we: the rebuilt tar is hashed as it
+it replays one through the other for ``docker save``. vfs keeps the same records under
+``image/vfs/``; its ``vfs/dir/<cache-id>`` is the whole file system after the layer, not only the
+layer's files, but the files a layer's tar-split names hold there exactly the bytes that layer
+gave them, which is all a replay reads. So do we: the rebuilt tar is hashed as it
 goes and counts only if its sha256 is the inspected diff_id, and it is compressed with our fixed
 zstd on the way into ingest/ (:class:`cache.sources.staging.BackgroundSink`). A chain ID names a
 layer with everything under it: ``chainID(1) = diffID(1)``, ``chainID(n) = sha256(chainID(n-1) +
@@ -43,6 +46,11 @@ from cache.progress import Progress, ProgressFactory
 from cache.sources.staging import BUFFER_BYTES, BackgroundSink, StagedBlob, Staging
 
 OVERLAY2 = "overlay2"
+# Where each driver keeps a layer's files, below the data root: the parts around the cache-id.
+LAYER_FOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    OVERLAY2: ((OVERLAY2,), ("diff",)),
+    "vfs": (("vfs", "dir"), ()),
+}
 MAX_CONFIG = 64 << 20  # as the store's own limit for a config
 MAX_SMALL_FILE = 256  # a layerdb ``diff`` or ``cache-id`` file: one digest or ID
 _CACHE_ID = re.compile(rb"[0-9a-f]{64}")
@@ -58,16 +66,17 @@ def chain_ids(diff_ids: Sequence[Digest]) -> list[Digest]:
     return chain
 
 
-def overlay2_data_root(info: dict[str, Any] | None) -> str:
-    """The data root of a daemon whose ``/info`` says it keeps layers in overlay2; else why not."""
+def daemon_storage(info: dict[str, Any] | None) -> tuple[str, str]:
+    """The data root and driver of a daemon whose ``/info`` says it keeps layers where they can be
+    read (overlay2, vfs); else DirectReadRefused saying why not."""
     if info is None:
         raise DirectReadRefused("the daemon did not answer /info, so its storage is unknown")
     driver, root = info.get("Driver"), info.get("DockerRootDir")
-    if driver != OVERLAY2:
-        raise DirectReadRefused(f"the daemon's storage driver is {driver!r}, not overlay2")
+    if driver not in LAYER_FOLDERS:
+        raise DirectReadRefused(f"the daemon's storage driver is {driver!r}, not overlay2 or vfs")
     if not isinstance(root, str) or not root.startswith("/"):
         raise DirectReadRefused("the daemon's /info names no data root")
-    return root
+    return root, str(driver)
 
 
 class _Stopped(DirectReadRefused):
@@ -81,11 +90,12 @@ class RebuiltLayer:
     tar_size: int  # uncompressed bytes read from the daemon's storage
 
 
-class Overlay2Storage:
-    """A dockerd data root, held open; every file below it is reached with :meth:`open`."""
+class LayerStorage:
+    """A dockerd data root of one driver, held open; every file below it is reached with :meth:`open`."""
 
-    def __init__(self, data_root: str) -> None:
+    def __init__(self, data_root: str, driver: str = OVERLAY2) -> None:
         self.where = data_root
+        self.driver = driver
         try:  # the root itself is the daemon's setting (it may be a link); nothing below it may be
             self._fd = os.open(data_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
@@ -94,7 +104,7 @@ class Overlay2Storage:
     def close(self) -> None:
         os.close(self._fd)
 
-    def __enter__(self) -> Overlay2Storage:
+    def __enter__(self) -> LayerStorage:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,22 +138,23 @@ class Overlay2Storage:
 
     def config(self, image_id: Digest) -> bytes:
         """The image's config as dockerd keeps it, checked against its ID."""
-        raw = self.read_small(["image", OVERLAY2, "imagedb", "content", "sha256", image_id.hex], MAX_CONFIG)
+        raw = self.read_small(["image", self.driver, "imagedb", "content", "sha256", image_id.hex], MAX_CONFIG)
         if sha256_of(raw) != image_id:
             raise DirectReadRefused(f"the daemon's stored config of {image_id} does not hash to it")
         return raw
 
     def layer_files(self, chain_id: Digest, diff_id: Digest) -> tuple[int, int]:
-        """Descriptors of the layer's tar-split record and its diff folder (the caller closes both)."""
-        layerdb = ["image", OVERLAY2, "layerdb", "sha256", chain_id.hex]
+        """Descriptors of the layer's tar-split record and its files' folder (the caller closes both)."""
+        layerdb = ["image", self.driver, "layerdb", "sha256", chain_id.hex]
         if self.read_small([*layerdb, "diff"], MAX_SMALL_FILE).strip() != str(diff_id).encode():
             raise DirectReadRefused(f"the daemon's layer {chain_id} is not the layer {diff_id}")
         cache_id = self.read_small([*layerdb, "cache-id"], MAX_SMALL_FILE).strip()
         if not _CACHE_ID.fullmatch(cache_id):
-            raise DirectReadRefused(f"the daemon's layer {chain_id} has a cache-id that is not an overlay2 ID")
+            raise DirectReadRefused(f"the daemon's layer {chain_id} has a cache-id that is not a layer ID")
         tar_split = self.open([*layerdb, "tar-split.json.gz"])
+        before, after = LAYER_FOLDERS[self.driver]
         try:
-            return tar_split, self.open([OVERLAY2, cache_id, b"diff"], _DIR_FLAGS)
+            return tar_split, self.open([*before, cache_id.decode(), *after], _DIR_FLAGS)
         except BaseException:
             os.close(tar_split)
             raise
@@ -259,7 +270,7 @@ class _TarAssembly:
 
 
 def rebuild_layer(
-    storage: Overlay2Storage,
+    storage: LayerStorage,
     chain_id: Digest,
     diff_id: Digest,
     staging: Staging,
@@ -272,7 +283,7 @@ def rebuild_layer(
     what = f"layer {diff_id} in {storage.where}"
     tar_split, diff_folder = storage.layer_files(chain_id, diff_id)
     folder = _DiffFolder(diff_folder, what)
-    bar = progress(f"overlay2 {diff_id.hex[:12]}", None) if progress else None
+    bar = progress(f"{storage.driver} {diff_id.hex[:12]}", None) if progress else None
     sink = BackgroundSink(staging.writer(OCI_LAYER_ZSTD), zstd_compressor(), BUFFER_BYTES)
     try:
         tar = _TarAssembly(sink, bar)
@@ -309,7 +320,7 @@ def _copy(folder: _DiffFolder, tar: _TarAssembly, entry: FileEntry, what: str) -
 
 
 def rebuild_layers(
-    storage: Overlay2Storage,
+    storage: LayerStorage,
     wanted: Sequence[tuple[Digest, Digest]],
     staging: Staging,
     progress: ProgressFactory | None = None,
