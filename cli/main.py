@@ -26,6 +26,7 @@ COMMANDS = {
     "serve": "cli.commands.serve:serve_command",
     "ui": "cli.commands.ui:ui_command",
     "ls": "cli.commands.maintenance:ls_command",
+    "inspect": "cli.commands.inspect:inspect_command",
     "du": "cli.commands.maintenance:du_command",
     "verify": "cli.commands.maintenance:verify_command",
     "gc": "cli.commands.maintenance:gc_command",

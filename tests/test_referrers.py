@@ -32,6 +32,7 @@ from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
 from cache.store.images import load_image
 from cache.upkeep.gc import gc
+from cache.upkeep.prune import PrunePolicy, prune
 from cli.main import main
 from tests.images import build_image, push, random_layer
 from tests.referrer_makers import (
@@ -53,8 +54,8 @@ class Signed:
     """An image in the registry with an SBOM (oras, tag schema), a cosign signature, and a cosign
     signature of the SBOM (a referrer of a referrer)."""
 
-    def __init__(self, registry: Registry, folder: Path, repo: str) -> None:
-        image = build_image(folder / "src", [random_layer(4000, 3), random_layer(90_000, 4, True)], tag="t")
+    def __init__(self, registry: Registry, folder: Path, repo: str, seed: int = 3) -> None:
+        image = build_image(folder / "src", [random_layer(4000, seed), random_layer(90_000, seed + 1, True)], tag="t")
         self.ref = push(folder / "src", "t", registry, f"{repo}:1")
         self.repo = repo
         self.digest = image.manifest_digest
@@ -154,6 +155,20 @@ def test_gc_keeps_a_referrer_with_its_subject_and_drops_it_with_its_subject(
     store.remove_image(signed.ref)
     gc(store, grace=0)
     assert not any(store.has(digest) for digest in every)
+
+
+def test_prune_keeps_referrers_with_a_kept_subject_and_evicts_them_with_an_evicted_one(
+        store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
+    other = Signed(registry, tmp_path / "other", f"{signed.repo}-other", seed=5)
+    for image in (signed, other):
+        pull(store, image.ref)
+        fetched(store, registry.host, image.repo, image.digest)
+    blobs = {image.ref: [parse_digest(d) for made in image.made for d in [made.digest, *made.blobs]]
+             for image in (signed, other)}
+    plan = prune(store, PrunePolicy(evict_all=True, keep=frozenset({other.ref}), grace=0))
+    assert plan is not None and [image["ref"] for image in plan.images] == [signed.ref]
+    assert all(store.has(digest) for digest in blobs[other.ref])
+    assert not any(store.has(digest) for digest in blobs[signed.ref] if digest not in blobs[other.ref])
 
 
 def test_serve_answers_the_referrers_api_and_the_tag_schema_and_a_pull_from_it_uses_the_api(
