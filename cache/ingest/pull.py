@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 from typing import TYPE_CHECKING, NamedTuple
 
-from cache.errors import ImageNotFound, SourceError
+from cache.errors import ImageNotFound
 from cache.ingest.report import PullReport
 from cache.model.manifests import Platform
-from cache.model.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source, parse_source
+from cache.model.refs import RegistrySource, Source, parse_source
 from cache.progress import ProgressFactory, no_progress
-from cache.sources import DEFAULT_JOBS
+from cache.sources import DEFAULT_JOBS, source_module
 from cache.store.blobstore import BlobStore, DiskFull, disk_full
 from cache.store.images import BlobsEvicted, CachedImage, load_image
 from cache.upkeep.stats import record_pull
@@ -83,37 +84,11 @@ def cached_or_pulled(
 def _pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
     # Each source's module is imported when used: `sbom` or `export` of a cached image then never
     # loads the HTTP client, and `pull oci:` never loads docker-py.
-    remote = None if options.offline else options.remote
-    if isinstance(source, RegistrySource):
-        from cache.sources.registry import RegistryPullOptions, pull_from_registry
+    module = importlib.import_module(source_module(source.kind))
+    if options.remote is not None and not options.offline:
+        from cache.remote.source import pull_through_remote  # the remote tier wraps the source
 
-        registry_options = RegistryPullOptions(
-            platform=options.platform, all_platforms=options.all_platforms, jobs=options.jobs,
-            insecure=options.insecure, offline=options.offline, progress=options.progress, remote=remote,
-            floor=options.floor,
-        )
-        if remote is not None:
-            from cache.remote.source import pull_registry_via_remote
+        return pull_through_remote(store, source, options.remote, options, module.pull)
+    report: PullReport = module.pull(store, source, options)
+    return report
 
-            return pull_registry_via_remote(store, source.ref, registry_options)
-        return pull_from_registry(store, source.ref, registry_options)
-    if isinstance(source, LayoutSource):
-        from cache.sources.layout import pull_from_layout
-
-        return pull_from_layout(store, source, platform=options.platform, name=options.name,
-                                jobs=options.jobs, progress=options.progress)
-    if isinstance(source, DaemonSource):
-        from cache.sources.daemon import pull_from_daemon  # docker-py is slow to import: only when used
-
-        if remote is not None:
-            from cache.remote.source import pull_daemon_via_remote
-
-            return pull_daemon_via_remote(store, source, remote, docker_host=options.docker_host,
-                                          platform=options.platform, jobs=options.jobs, progress=options.progress)
-
-        return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress)
-    if isinstance(source, ArchiveSource):
-        from cache.sources.archive import pull_from_archive
-
-        return pull_from_archive(store, source, name=options.name, progress=options.progress)
-    raise SourceError(f"unsupported source {source!r}")

@@ -1,7 +1,7 @@
 """Pulls that go through the team's remote tier (cache/remote/tier.py) before the origin or the daemon.
 
 Registry images: the manifest is resolved through the remote (by digest, or by the name's tag),
-every blob is asked of the remote first; see cache/sources/registry.py. Bytes from the remote that
+every blob is asked of the remote first (:class:`RemoteFirst` wraps the registry's origin). Bytes from the remote that
 fail a check make the pull run once more with the remote switched off, so a damaged remote costs
 time but never the job.
 
@@ -18,6 +18,8 @@ remote's tag for it and the host's platform: no daemon involved.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cache.errors import (
     BlobNotFound,
@@ -30,26 +32,78 @@ from cache.errors import (
 )
 from cache.formats.compression import CorruptLayer
 from cache.ingest.blobs import BlobPuller
+from cache.ingest.commit import Arrival, commit
 from cache.ingest.report import PullReport
-from cache.model.digest import parse_digest
-from cache.model.manifests import Manifest, Platform, parse_manifest_or_index
-from cache.model.refs import DaemonSource, ImageRef, daemon_image_name
+from cache.model.digest import Digest, parse_digest
+from cache.model.manifests import Index, Manifest, Platform, parse_manifest_or_index
+from cache.model.refs import DaemonSource, ImageRef, RegistrySource, Source, daemon_image_name
 from cache.progress import ProgressFactory, no_progress
 from cache.remote.address import platform_key
 from cache.remote.tier import RemoteTier
-from cache.sources.registry import RegistryPullOptions, pull_from_registry
+from cache.sources.registry import Origin, RegistryPullOptions, pull_from_registry, registry_options
 from cache.store.blobstore import BlobStore
-from cache.store.images import record_image
+
+if TYPE_CHECKING:
+    from cache.ingest.pull import PullOptions
 
 _BAD_BYTES = (DigestMismatch, SizeMismatch, CorruptLayer)
 
 
-def pull_registry_via_remote(store: BlobStore, ref: ImageRef, options: RegistryPullOptions) -> PullReport:
-    remote = options.remote
-    assert remote is not None
+class RemoteFirst:
+    """A registry pull's origin with the remote tier in front: manifests and blobs are asked of the
+    remote first, the registry on a miss; after the pull, the remote is filled with what it lacked."""
+
+    def __init__(self, remote: RemoteTier, ref: ImageRef, origin: Origin) -> None:
+        self.remote = remote
+        self.ref = ref
+        self.origin = origin
+        self.fetch = remote.fetch_first(origin.fetch)
+        self._served_before = remote.bytes_served
+        self._top_from_remote = False
+
+    def top_manifest(self, platform: Platform | None, all_platforms: bool) -> tuple[bytes, str | None]:
+        found = self.remote.resolve_ref(self.ref, platform, all_platforms)
+        self._top_from_remote = found is not None
+        return found or self.origin.top_manifest(platform, all_platforms)
+
+    def manifest(self, digest: Digest) -> bytes:
+        found = self.remote.manifest_by_digest(digest)
+        return found[0] if found is not None else self.origin.manifest(digest)
+
+    def costs(self) -> tuple[int, int, int]:
+        fetched, _, requests = self.origin.costs()
+        from_remote = self.remote.bytes_served - self._served_before
+        return fetched + from_remote, from_remote, requests
+
+    def pulled(self, store: BlobStore, recorded: Manifest | Index, name: str) -> None:
+        if not self._top_from_remote or self.origin.costs()[0]:  # the remote lacked something: fill it
+            self.remote.push_later(store, recorded, "docker", name, self.ref)
+
+
+def pull_through_remote(
+    store: BlobStore,
+    source: Source,
+    remote: RemoteTier,
+    options: PullOptions,
+    pull: Callable[[BlobStore, Source, PullOptions], PullReport],
+) -> PullReport:
+    """Pull ``source`` with the remote tier in front of it: registry and daemon images go through
+    the remote; other sources (a layout, a tarball on disk) have nothing to gain from it."""
+    if isinstance(source, RegistrySource):
+        return _registry_via_remote(store, source.ref, remote, registry_options(options))
+    if isinstance(source, DaemonSource):
+        return pull_daemon_via_remote(store, source, remote, docker_host=options.docker_host,
+                                      platform=options.platform, jobs=options.jobs, progress=options.progress)
+    return pull(store, source, options)
+
+
+def _registry_via_remote(
+    store: BlobStore, ref: ImageRef, remote: RemoteTier, options: RegistryPullOptions
+) -> PullReport:
     served = remote.blobs_served
+    through = options._replace(through=lambda origin: RemoteFirst(remote, ref, origin))
     try:
-        return pull_from_registry(store, ref, options)
+        return pull_from_registry(store, ref, through)
     except _BAD_BYTES as error:
         if remote.blobs_served == served and remote.readable:
             raise  # nothing came from the remote: the origin's bytes are bad
@@ -147,15 +201,11 @@ def _pull_manifest(
     except _BAD_BYTES as error:
         remote.fail(error)
         return None
-    store.put_bytes(manifest.raw, manifest.media_type, source)
-    platform = pulled.config.platform
     local = daemon_image_name(name)  # the remote's tag follows the plain name; index.json keeps them apart
-    record_image(store, local, manifest, platform=platform, source=source)
-    report = PullReport(local, str(manifest.digest), str(platform) if platform else None, source, pulled.layers)
-    report.bytes_from_remote = report.bytes_fetched = remote.bytes_served - served
-    report.bytes_reused = sum(layer.size for layer in pulled.layers if layer.reused)
-    report.seconds = round(time.monotonic() - started, 3)
-    return report
+    fetched = remote.bytes_served - served
+    arrival = Arrival(source, manifest, platform=pulled.config.platform, layers=pulled.layers,
+                      bytes_fetched=fetched, bytes_from_remote=fetched)
+    return commit(store, arrival, [local], started)
 
 
 def _info_platform(info: dict[str, object]) -> Platform:

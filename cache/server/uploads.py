@@ -8,7 +8,7 @@ Chunked sessions expire after ``expiry`` seconds idle (a sweeper thread removes 
 most ``limit`` are open at once, and no blob grows past ``max_size`` bytes (413 SIZE_INVALID: a
 body that announces more is refused before it is read, a chunked one once it passes the cap).
 A manifest is stored only when every blob it names is, and a tag is recorded through
-cache.store.images.record_image, so index.json never names an incomplete image.
+the commit path (cache/ingest/commit.py), so index.json never names an incomplete image.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from cache.errors import BlobNotFound, DigestMismatch, InvalidManifest, SizeMismatch
+from cache.ingest.commit import Arrival, commit
 from cache.model.digest import Digest, Hasher, check, sha256_of
 from cache.model.manifests import Index, parse_manifest_or_index, subject_of
 from cache.model.refs import pushed_image_name
@@ -31,8 +32,6 @@ from cache.server.errors import RegistryError
 from cache.server.names import Repository
 from cache.store.blobstore import BlobStore, disk_full
 from cache.store.fsutil import InUse
-from cache.store.graph import link_referrer
-from cache.store.images import record_image
 
 DEFAULT_EXPIRY = 3600.0  # an upload idle this long (seconds) is abandoned
 DEFAULT_LIMIT = 1000  # open upload sessions at once
@@ -275,14 +274,11 @@ def put_manifest(store: BlobStore, repo: Repository, reference: Digest | str, ra
     if missing:
         raise RegistryError("MANIFEST_BLOB_UNKNOWN", f"{len(missing)} referenced blob(s) are not stored",
                             {"digests": missing[:20]})
-    store.put_bytes(raw, parsed.media_type, source=f"push:{repo.full}")
-    if not isinstance(reference, Digest):  # a Digest is a str too: a push by digest names nothing
-        try:
-            record_image(store, pushed_image_name(f"{repo.full}:{reference}"), parsed, platform=None,
-                         source=f"push:{repo.full}")
-        except BlobNotFound as error:  # an index whose children's blobs are not all stored
-            raise RegistryError("MANIFEST_BLOB_UNKNOWN", str(error)) from None
+    # a push by digest names nothing (a Digest is a str too); a tag names the image push:<ref>
+    names = [] if isinstance(reference, Digest) else [pushed_image_name(f"{repo.full}:{reference}")]
+    try:
+        commit(store, Arrival(f"push:{repo.full}", parsed), names)
+    except BlobNotFound as error:  # an index whose children's blobs are not all stored
+        raise RegistryError("MANIFEST_BLOB_UNKNOWN", str(error)) from None
     subject = subject_of(raw)
-    if subject is not None:
-        link_referrer(store, subject[0], digest, subject[1])
     return Pushed(digest, subject[0] if subject else None)

@@ -19,15 +19,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError
+from cache.errors import BlobNotFound, ImageNotFound, LayerhoardError
+from cache.ingest.commit import Arrival, commit
 from cache.model.digest import Digest, sha256_of
-from cache.model.manifests import Index, Manifest, Platform, parse_manifest_or_index
+from cache.model.manifests import Index, Manifest, parse_manifest_or_index
 from cache.registry.client import CHUNK, RegistryClient
 from cache.server.errors import RegistryError
 from cache.server.names import Repository, normalise_registry
 from cache.store.blobstore import BlobStore
 from cache.store.fsutil import InUse
-from cache.store.images import missing_blobs, record_image
+from cache.store.images import missing_blobs
 
 
 def parse_upstreams(pairs: list[str]) -> dict[str, str]:
@@ -140,23 +141,16 @@ class Upstreams:
         with self._lock:
             pending = list(self._pending.items())
         for ref, top in pending:
-            chosen: Manifest | Index | None = top if not missing_blobs(self.store, top.digest) else None
-            platform = None
-            if chosen is None and isinstance(top, Index):
-                try:
-                    entry = top.choose(Platform.host())
-                    child = parse_manifest_or_index(self.store.read_bytes(entry.digest))
-                except (InvalidManifest, BlobNotFound):
-                    continue
-                if not missing_blobs(self.store, child.digest):
-                    chosen, platform = child, entry.platform
-            if chosen is not None:
-                try:
-                    record_image(self.store, ref, chosen, platform=platform, source=f"docker://{ref}")
-                except LayerhoardError:
-                    continue  # evicted meanwhile: the next fetch tries again
-                with self._lock:
-                    self._pending.pop(ref, None)
+            # an index is complete once one platform's blobs are all stored (missing_blobs): the
+            # name points at the index, as a pull's does, and serve answers every platform stored
+            if missing_blobs(self.store, top.digest):
+                continue
+            try:
+                commit(self.store, Arrival(f"docker://{ref}", top), [ref])
+            except LayerhoardError:
+                continue  # evicted meanwhile: the next fetch tries again
+            with self._lock:
+                self._pending.pop(ref, None)
 
     # -- blobs ---------------------------------------------------------------------------------
     def blob_size(self, repo: Repository, digest: Digest) -> int:

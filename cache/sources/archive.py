@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from io import BufferedReader
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from cache.errors import InvalidReference, LayerhoardError, SourceError
 from cache.formats.docker_save import (
@@ -39,12 +39,26 @@ from cache.formats.docker_save import (
 from cache.formats.tar import TarError, TarHeaders
 from cache.ingest.report import PullReport
 from cache.model.manifests import MAX_CONFIG_BYTES, parse_config
-from cache.model.refs import ArchiveSource, ImageRef, archive_image_name
+from cache.model.refs import ArchiveSource, ImageRef, Source, archive_image_name
 from cache.progress import ProgressFactory
 from cache.sources.saveimage import commit, find_entries, pick_entry, prepare
 from cache.store.blobstore import BlobStore
 
+if TYPE_CHECKING:
+    from cache.ingest.pull import PullOptions
+
 _PLAIN_TAR_MAGIC = b"ustar"
+
+
+def parse(path: str) -> ArchiveSource:
+    if not path:
+        raise InvalidReference("docker-archive: needs a file, like docker-archive:image.tar")
+    return ArchiveSource(path)
+
+
+def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    assert isinstance(source, ArchiveSource)
+    return pull_from_archive(store, source, name=options.name, progress=options.progress)
 
 
 def pull_from_archive(

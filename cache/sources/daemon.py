@@ -24,14 +24,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cache.errors import DirectReadRefused, InvalidDigest, InvalidReference, SourceError
 from cache.formats.docker_save import LayerChooser, SaveContents, SaveReader
 from cache.ingest.report import PullReport
 from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import OCI_CONFIG, OCI_LAYER_ZSTD, parse_config
-from cache.model.refs import DaemonSource, ImageRef, daemon_image_name
+from cache.model.refs import DEFAULT_TAG, DaemonSource, ImageRef, Source, daemon_image_name
 from cache.progress import ProgressFactory
 from cache.sources.dockerd_storage import LayerStorage, chain_ids, daemon_storage, rebuild_layers
 from cache.sources.engine import Engine, connect
@@ -40,6 +40,25 @@ from cache.sources.staging import Staging
 from cache.sources.storedlayers import stored_layer
 from cache.store.blobstore import BlobStore
 from cache.store.images import BlobsEvicted
+
+if TYPE_CHECKING:
+    from cache.ingest.pull import PullOptions
+
+
+def parse(name: str) -> DaemonSource:
+    if not name:
+        raise InvalidReference("docker-daemon: needs an image name, like docker-daemon:app:1")
+    if not name.startswith("sha256:") and "@" not in name:
+        # Docker's own names: normalise but keep what the daemon understands.
+        ImageRef.parse(name)
+        if ":" not in name.rsplit("/", 1)[-1]:
+            name += f":{DEFAULT_TAG}"
+    return DaemonSource(name)
+
+
+def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    assert isinstance(source, DaemonSource)
+    return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress)
 
 NO_STORAGE_READS = "LAYERHOARD_NO_DAEMON_STORAGE"  # set (to anything): always stream docker save
 

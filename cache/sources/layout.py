@@ -12,19 +12,36 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidReference, SourceError
 from cache.formats.index_json import REF_NAME
 from cache.ingest.blobs import BlobPuller, Fetch
+from cache.ingest.commit import Arrival, commit
 from cache.ingest.report import PullReport
 from cache.model.digest import sha256_of
 from cache.model.manifests import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index
-from cache.model.refs import ImageRef, LayoutSource
+from cache.model.refs import ImageRef, LayoutSource, Source
 from cache.progress import ProgressFactory, no_progress
 from cache.store.blobstore import BlobStore
-from cache.store.images import record_image
+
+if TYPE_CHECKING:
+    from cache.ingest.pull import PullOptions
 
 READ_CHUNK = 1 << 20
+
+
+def parse(body: str) -> LayoutSource:
+    path, _, ref = body.partition(":")
+    if not path:
+        raise InvalidReference("oci: needs a folder, like oci:./layout:app")
+    return LayoutSource(path, ref or None)
+
+
+def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    assert isinstance(source, LayoutSource)
+    return pull_from_layout(store, source, platform=options.platform, name=options.name, jobs=options.jobs,
+                            progress=options.progress)
 
 
 def _read_index(root: Path) -> list[Descriptor]:
@@ -99,25 +116,22 @@ def pull_from_layout(
     root = Path(source.path)
     entry = _choose_entry(root, _read_index(root), source.ref)
     top = _read_manifest(root, entry)
-    if isinstance(top, Index):
-        chosen = top.choose(platform or Platform.host())
-        manifest = _read_manifest(root, chosen)
+    chosen: Platform | None = None
+    if isinstance(top, Index):  # the name keeps the index, with the platform pulled stored under it
+        descriptor = top.choose(platform or Platform.host())
+        manifest = _read_manifest(root, descriptor)
         if not isinstance(manifest, Manifest):
             raise InvalidManifest(f"{root}: nested indexes are not supported")
-        image_platform: Platform | None = chosen.platform
+        chosen = descriptor.platform
     else:
-        manifest, image_platform = top, None
+        manifest = top
     puller = BlobPuller(store, _fetcher(root), str(source), jobs=jobs, progress=progress)
     pulled = puller.pull_manifest(manifest)
-    store.put_bytes(manifest.raw, manifest.media_type, str(source))
     image_name = name or cache_name(root, source.ref or entry.annotations.get(REF_NAME))
-    record_image(store, image_name, manifest, platform=image_platform or pulled.config.platform, source=str(source))
-    report = PullReport(image_name, str(manifest.digest), str(image_platform or pulled.config.platform or "") or None,
-                        str(source), pulled.layers)
-    report.bytes_fetched = 0  # a layout on disk is not a registry or the daemon
-    report.bytes_reused = sum(layer.size for layer in pulled.layers if layer.reused)
-    report.seconds = round(time.monotonic() - started, 3)
-    return report
+    # bytes_fetched stays 0: a layout on disk is not a registry or the daemon
+    arrival = Arrival(str(source), top, [manifest], chosen=manifest, platform=chosen or pulled.config.platform,
+                      layers=pulled.layers)
+    return commit(store, arrival, [image_name], started)
 
 
 def _read_manifest(root: Path, descriptor: Descriptor) -> Manifest | Index:

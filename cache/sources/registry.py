@@ -3,28 +3,69 @@
 Cost model: a pull of a tag whose image is stored costs one manifest request; a pull by digest
 that is stored, or any pull with ``offline``, costs none. Every manifest's digest is checked
 against its bytes, every layer's digest and diff_id while it streams.
+
+Manifests and blobs come from an :class:`Origin`: the registry itself (:class:`RegistryOrigin`),
+or the team's remote tier in front of it (cache/remote/source.py wraps the registry's origin), so
+this module never asks which one it has.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
 from cache.ingest.blobs import BlobPuller, evicted_while_pulled
+from cache.ingest.commit import Arrival, commit
 from cache.ingest.report import LayerReport, PullReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
-from cache.model.refs import ImageRef
+from cache.model.refs import ImageRef, RegistrySource, Source
 from cache.progress import ProgressFactory, no_progress
 from cache.registry.client import RegistryClient
 from cache.sources import DEFAULT_JOBS
 from cache.store.blobstore import BlobStore
-from cache.store.images import missing_blobs, record_image
+from cache.store.images import missing_blobs
 
 if TYPE_CHECKING:
+    from cache.ingest.pull import PullOptions
     from cache.registry.http import SpeedFloor
-    from cache.remote.tier import RemoteTier
+
+
+class Origin(Protocol):
+    """Where a registry pull's manifests and blobs come from, and what that cost."""
+
+    def top_manifest(self, platform: Platform | None, all_platforms: bool) -> tuple[bytes, str | None]: ...
+    def manifest(self, digest: Digest) -> bytes: ...
+    def fetch(self, descriptor: Descriptor, offset: int, on_chunk: Callable[[bytes], None],
+              on_restart: Callable[[], None]) -> int: ...
+    def costs(self) -> tuple[int, int, int]: ...  # (bytes fetched, of which from the remote tier, requests)
+    def pulled(self, store: BlobStore, recorded: Manifest | Index, name: str) -> None: ...
+
+
+class RegistryOrigin:
+    """The registry the reference names, through one client."""
+
+    def __init__(self, client: RegistryClient, ref: ImageRef) -> None:
+        self.client = client
+        self.ref = ref
+
+    def top_manifest(self, platform: Platform | None, all_platforms: bool) -> tuple[bytes, str | None]:
+        return self.client.get_manifest(self.ref.repository, self.ref.reference)
+
+    def manifest(self, digest: Digest) -> bytes:
+        return self.client.get_manifest(self.ref.repository, str(digest))[0]
+
+    def fetch(self, descriptor: Descriptor, offset: int, on_chunk: Callable[[bytes], None],
+              on_restart: Callable[[], None]) -> int:
+        return self.client.fetch_blob(self.ref.repository, descriptor.digest, offset, on_chunk, on_restart)
+
+    def costs(self) -> tuple[int, int, int]:
+        return self.client.bytes_received, 0, self.client.request_count
+
+    def pulled(self, store: BlobStore, recorded: Manifest | Index, name: str) -> None:
+        pass  # nothing to fill
 
 
 class RegistryPullOptions(NamedTuple):
@@ -34,8 +75,26 @@ class RegistryPullOptions(NamedTuple):
     insecure: bool = False
     offline: bool = False
     progress: ProgressFactory = no_progress
-    remote: RemoteTier | None = None  # the team's remote tier: asked before the origin (cache/remote/tier.py)
+    through: Callable[[Origin], Origin] | None = None  # the remote tier in front (cache/remote/source.py)
     floor: SpeedFloor | None = None  # None: the environment's, else the default (cache.registry.client.speed_floor)
+    name: str | None = None  # the name to record, instead of the reference's own (a locked pull by digest)
+
+
+def parse(text: str) -> RegistrySource:
+    return RegistrySource(ImageRef.parse(text))
+
+
+def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    assert isinstance(source, RegistrySource)
+    return pull_from_registry(store, source.ref, registry_options(options))
+
+
+def registry_options(options: PullOptions) -> RegistryPullOptions:
+    return RegistryPullOptions(
+        platform=options.platform, all_platforms=options.all_platforms, jobs=options.jobs,
+        insecure=options.insecure, offline=options.offline, progress=options.progress, floor=options.floor,
+        name=options.name,
+    )
 
 
 def record_name(ref: ImageRef) -> str:
@@ -51,24 +110,27 @@ def pull_from_registry(
 ) -> PullReport:
     options = options or RegistryPullOptions()
     started = time.monotonic()
-    name = record_name(ref)
+    name = options.name or record_name(ref)
     source = f"docker://{ref}"
     local = _stored_top(store, ref, name, options)
     if local is not None:
-        report = _report_from_store(store, name, source, local, options)
-    else:
-        if options.offline:
-            raise ImageNotFound(f"{name} is not in the cache, and --offline forbids fetching it")
-        own_client = client is None
-        client = client or RegistryClient(ref.registry, insecure=options.insecure, pool_size=options.jobs + 2,
-                                          floor=options.floor)
-        try:
-            report = _pull_online(store, client, ref, name, source, options)
-        finally:
-            if own_client:
-                client.close()
-    report.seconds = round(time.monotonic() - started, 3)
-    return report
+        return commit(store, _arrival_from_store(store, source, local, options._replace(name=name)), [name], started)
+    if options.offline:
+        raise ImageNotFound(f"{name} is not in the cache, and --offline forbids fetching it")
+    own_client = client is None
+    client = client or RegistryClient(ref.registry, insecure=options.insecure, pool_size=options.jobs + 2,
+                                      floor=options.floor)
+    try:
+        origin: Origin = RegistryOrigin(client, ref)
+        if options.through is not None:
+            origin = options.through(origin)
+        arrival = _pull_online(store, origin, ref, source, options)
+        report = commit(store, arrival, [name], started)
+        origin.pulled(store, arrival.chosen or arrival.top, name)
+        return report
+    finally:
+        if own_client:
+            client.close()
 
 
 def _stored_top(store: BlobStore, ref: ImageRef, name: str, options: RegistryPullOptions) -> Manifest | Index | None:
@@ -114,55 +176,34 @@ def _chosen_manifests(top: Manifest | Index, options: RegistryPullOptions) -> li
     return [top.choose(options.platform or Platform.host())]
 
 
-def _pull_online(
-    store: BlobStore, client: RegistryClient, ref: ImageRef, name: str, source: str, options: RegistryPullOptions
-) -> PullReport:
-    remote = options.remote
-    from_remote = remote.resolve_ref(ref, options.platform, options.all_platforms) if remote else None
-    raw, content_type = from_remote or client.get_manifest(ref.repository, ref.reference)
+def _pull_online(store: BlobStore, origin: Origin, ref: ImageRef, source: str, options: RegistryPullOptions) -> Arrival:
+    raw, content_type = origin.top_manifest(options.platform, options.all_platforms)
     top = parse_manifest_or_index(raw, content_type, f"manifest of {ref}")
     if ref.digest is not None and top.digest != ref.digest:
         raise DigestMismatch(f"manifest of {ref} has digest {top.digest}, not the {ref.digest} asked for")
-
-    def fetch(descriptor: Descriptor, offset: int, on_chunk, on_restart) -> int:  # type: ignore[no-untyped-def]
-        return client.fetch_blob(ref.repository, descriptor.digest, offset, on_chunk, on_restart)
-
-    served = remote.bytes_served if remote else 0
-    puller = BlobPuller(store, remote.fetch_first(fetch) if remote else fetch, source, jobs=options.jobs,
-                        progress=options.progress)
-    layers: list[LayerReport] = []
-    config_platform = None
+    puller = BlobPuller(store, origin.fetch, source, jobs=options.jobs, progress=options.progress)
+    arrival = Arrival(source, top)
+    manifests = []
     for descriptor in _chosen_manifests(top, options):
-        manifest = top if isinstance(top, Manifest) else _child_manifest(store, client, ref, descriptor, remote)
+        manifest = top if isinstance(top, Manifest) else _child_manifest(store, origin, ref, descriptor)
         pulled = puller.pull_manifest(manifest)
-        layers.extend(pulled.layers)
-        config_platform = pulled.config.platform
-        if manifest is not top:  # stored once its blobs are, so a stored manifest is always complete
-            store.put_bytes(manifest.raw, manifest.media_type, source)
-    store.put_bytes(top.raw, top.media_type, source)
-    recorded, recorded_platform = _what_to_record(store, top, options)
-    if isinstance(top, Manifest):
-        recorded_platform = config_platform  # a plain manifest's platform is in its config
-    record_image(store, name, top, platform=recorded_platform if top is recorded else None, source=source)
-    if remote is not None and (from_remote is None or client.bytes_received):  # it lacked some: fill it
-        remote.push_later(store, recorded, "docker", name, ref)
-    report = PullReport(name, str(recorded.digest), str(recorded_platform) if recorded_platform else None, source)
-    report.layers = layers
-    report.bytes_from_remote = remote.bytes_served - served if remote else 0
-    report.bytes_fetched = client.bytes_received + report.bytes_from_remote
-    report.bytes_reused = sum(layer.size for layer in layers if layer.reused)
-    report.requests = client.request_count
-    return report
+        arrival.layers.extend(pulled.layers)
+        arrival.platform = descriptor.platform or pulled.config.platform
+        manifests.append(manifest)
+    arrival.manifests = manifests
+    if isinstance(top, Index) and not options.all_platforms:
+        arrival.chosen = manifests[0]  # the report names the platform pulled; the name, the index
+    elif isinstance(top, Index):
+        arrival.platform = None
+    arrival.bytes_fetched, arrival.bytes_from_remote, arrival.requests = origin.costs()
+    return arrival
 
 
-def _child_manifest(
-    store: BlobStore, client: RegistryClient, ref: ImageRef, descriptor: Descriptor, remote: RemoteTier | None = None
-) -> Manifest:
-    """A platform's manifest: from the store when there, else fetched by digest (the remote first) and checked."""
+def _child_manifest(store: BlobStore, origin: Origin, ref: ImageRef, descriptor: Descriptor) -> Manifest:
+    """A platform's manifest: from the store when there, else fetched by digest and checked."""
     raw = _stored(store, descriptor.digest)
     if raw is None:
-        found = remote.manifest_by_digest(descriptor.digest) if remote else None
-        raw, _ = found or client.get_manifest(ref.repository, str(descriptor.digest))
+        raw = origin.manifest(descriptor.digest)
         if sha256_of(raw) != descriptor.digest:
             raise DigestMismatch(f"manifest {descriptor.digest} of {ref}: content has digest {sha256_of(raw)}")
         if len(raw) != descriptor.size:
@@ -173,35 +214,20 @@ def _child_manifest(
     return parsed
 
 
-def _what_to_record(
-    store: BlobStore, top: Manifest | Index, options: RegistryPullOptions
-) -> tuple[Manifest | Index, Platform | None]:
-    """What the pull reports: the index with --all-platforms, else the chosen platform's manifest.
-    The name always points at what the reference pointed at (the index, kept whole even when only
-    one platform was pulled), so a plain pull after --all-platforms never narrows it, and serve
-    answers every platform's client with the index."""
-    if isinstance(top, Manifest) or options.all_platforms:
-        return top, None
-    chosen = top.choose(options.platform or Platform.host())
-    manifest = parse_manifest_or_index(_read(store, chosen.digest), what=f"manifest {chosen.digest}")
-    return manifest, chosen.platform
-
-
-def _report_from_store(
-    store: BlobStore, name: str, source: str, top: Manifest | Index, options: RegistryPullOptions
-) -> PullReport:
-    """Record (or refresh) a stored image and describe it; nothing is fetched."""
-    layers: list[LayerReport] = []
+def _arrival_from_store(store: BlobStore, source: str, top: Manifest | Index, options: RegistryPullOptions) -> Arrival:
+    """A stored image, described for the commit; nothing is fetched."""
+    arrival = Arrival(source, top)
     for descriptor in _chosen_manifests(top, options):
         parsed = parse_manifest_or_index(_read(store, descriptor.digest), what=f"manifest {descriptor.digest}")
         if isinstance(parsed, Manifest):
             for layer in parsed.layers:
                 diff_id = store.index.diff_id_of(layer.digest)
-                layers.append(LayerReport(str(layer.digest), str(diff_id) if diff_id else None,
-                                          layer.size, layer.media_type, reused=True))
-    recorded, platform = _what_to_record(store, top, options)
-    record_image(store, name, top, platform=platform if top is recorded else None, source=source)
-    store.index.touch_blobs([Digest(layer.digest[7:]) for layer in layers])
-    report = PullReport(name, str(recorded.digest), str(platform) if platform else None, source, layers)
-    report.bytes_reused = sum(layer.size for layer in layers)
-    return report
+                arrival.layers.append(LayerReport(str(layer.digest), str(diff_id) if diff_id else None,
+                                                  layer.size, layer.media_type, reused=True))
+        if isinstance(top, Index) and not options.all_platforms:
+            arrival.chosen, arrival.platform = parsed, descriptor.platform
+    if isinstance(top, Manifest):  # its platform came from its config when it was first named
+        entry = store.image_descriptor(options.name or "")
+        known = Descriptor.from_json(entry, "index.json entry") if entry is not None else None
+        arrival.platform = known.platform if known is not None and known.digest == top.digest else None
+    return arrival

@@ -10,22 +10,21 @@ byte for byte, an OCI manifest written (:func:`cache.model.manifests.build_manif
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cache.errors import DigestMismatch, InvalidManifest, LayerhoardError, NotADockerSave, SourceError
 from cache.formats.docker_save import SaveContents, SavedLayer, SaveEntry, manifest_entries
+from cache.ingest.commit import Arrival
+from cache.ingest.commit import commit as commit_image
 from cache.ingest.report import LayerReport, PullReport
 from cache.model.digest import Digest, parse_digest, sha256_of
 from cache.model.manifests import (
     OCI_CONFIG,
-    OCI_MANIFEST,
     Descriptor,
     ImageConfig,
     Index,
     Manifest,
-    Platform,
     build_manifest,
     parse_config,
     parse_manifest,
@@ -34,7 +33,6 @@ from cache.model.manifests import (
 from cache.sources.staging import StagedBlob
 from cache.sources.storedlayers import stored_layer
 from cache.store.blobstore import BlobStore
-from cache.store.images import record_image
 
 
 class MissingLayers(LayerhoardError):
@@ -205,10 +203,10 @@ def commit(
     source: str,
     started: float,
 ) -> PullReport:
-    """Publish the new blobs, record diff_id pairs, config, manifest and the image under ``refs``."""
+    """Publish the new blobs and record their diff_id pairs (staging hashed them), then hand the
+    image to the commit path (cache/ingest/commit.py), named under ``refs``."""
     reports: list[LayerReport] = []
     layers: list[Descriptor] = []
-    reused = 0
     for choice in prepared.layers:
         written = False
         if choice.staged is not None:
@@ -217,25 +215,19 @@ def commit(
         layers.append(choice.descriptor)
         reports.append(LayerReport(str(choice.descriptor.digest), str(choice.diff_id), choice.descriptor.size,
                                    choice.descriptor.media_type, reused=not written))
-        if not written:
-            reused += choice.descriptor.size
     contents.discard()  # staged copies that turned out not to be needed
-    config = prepared.config
+    arrival = _arrival(store, prepared.config, layers, source, reports)
+    arrival.bytes_fetched = contents.bytes_read
+    return commit_image(store, arrival, refs, started)
+
+
+def _arrival(
+    store: BlobStore, config: ImageConfig, layers: list[Descriptor], source: str, reports: list[LayerReport]
+) -> Arrival:
+    """The OCI manifest of a saved image (its config kept byte for byte), ready for the commit."""
     store.put_bytes(config.raw, OCI_CONFIG, source)
-    raw = build_manifest(Descriptor(OCI_CONFIG, config.digest, len(config.raw)), layers)
-    store.put_bytes(raw, OCI_MANIFEST, source)
-    manifest = parse_manifest(raw)
-    platform = config.platform
-    for ref in refs:
-        record_image(store, ref, manifest, platform=platform, source=source)
-    return PullReport(
-        refs[0], str(manifest.digest), _platform_text(platform), source, reports,
-        bytes_fetched=contents.bytes_read, bytes_reused=reused, seconds=time.monotonic() - started,
-    )
-
-
-def _platform_text(platform: Platform | None) -> str | None:
-    return str(platform) if platform else None
+    manifest = parse_manifest(build_manifest(Descriptor(OCI_CONFIG, config.digest, len(config.raw)), layers))
+    return Arrival(source, manifest, platform=config.platform, layers=reports)
 
 
 def record_stored(
@@ -247,12 +239,6 @@ def record_stored(
     if any(layer is None for layer in layers):
         return None
     chosen = [layer for layer in layers if layer is not None]
-    raw = build_manifest(Descriptor(OCI_CONFIG, config.digest, len(config.raw)), chosen)
-    store.put_bytes(raw, OCI_MANIFEST, source)
-    manifest = parse_manifest(raw)
-    for ref in refs:
-        record_image(store, ref, manifest, platform=config.platform, source=source)
     reports = [LayerReport(str(d.digest), str(diff_id), d.size, d.media_type, reused=True)
                for d, diff_id in zip(chosen, config.diff_ids, strict=True)]
-    return PullReport(refs[0], str(manifest.digest), _platform_text(config.platform), source, reports,
-                      bytes_fetched=0, bytes_reused=sum(d.size for d in chosen), seconds=time.monotonic() - started)
+    return commit_image(store, _arrival(store, config, chosen, source, reports), refs, started)

@@ -24,31 +24,20 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cache.ingest.report import PullReport
-from cache.model.refs import ArchiveSource, DaemonSource, LayoutSource, RegistrySource, Source
+from cache.model.refs import Source
+from cache.sources import TRANSPORTS
 from cache.store.blobstore import BlobStore
 
 if TYPE_CHECKING:
     from cache.upkeep.gc import Usage
 
-KINDS = ("registry", "daemon", "oci", "archive")
+KINDS = tuple(transport.kind for transport in TRANSPORTS)  # one row per registered source
 FIELDS = ("pulls", "hits", "misses", "bytes_fetched", "bytes_reused")
-
-
-def source_kind(source: Source) -> str:
-    if isinstance(source, RegistrySource):
-        return "registry"
-    if isinstance(source, DaemonSource):
-        return "daemon"
-    if isinstance(source, LayoutSource):
-        return "oci"
-    if isinstance(source, ArchiveSource):
-        return "archive"
-    return "other"
 
 
 def record_pull(store: BlobStore, source: Source, report: PullReport) -> None:
     """Add one pull's figures to the counters. A counter that cannot be written never fails the pull."""
-    kind = source_kind(source)
+    kind = source.kind
     hits = sum(1 for layer in report.layers if layer.reused)
     amounts = {
         f"{kind}/pulls": 1,
