@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "prune": ("bench.prune", "prune of 10,000 blobs / 500 images; the policy check's cost after a write"),
     "scale": ("bench.scale", "ls, du, gc, prune, verify at 10,000 images; one more image, full cache vs empty"),
     "workload": ("bench.workload", "a Big-Bang-like build end to end against skopeo/docker save (issue 8)"),
+    "delivery": ("bench.delivery", "two air-gapped deliveries of 20 images: delta bundle bytes against skopeo"),
 }
 
 

@@ -186,6 +186,12 @@ class Generator:
         if self.log:
             print(f"[workload] {text}", file=sys.stderr, flush=True)
 
+    def needs_daemon(self) -> Daemon:
+        """The daemon, for a workload that has daemon images (a registry-only one is made without)."""
+        if self.daemon is None:
+            raise RuntimeError("this workload has daemon images: give the generator a daemon")
+        return self.daemon
+
     def bases(self) -> Iterator[tuple[str, list[bytes]]]:
         scale, prefix = self.spec.scale, self.spec.prefix
         debian = tar_of(real_files([Path("/var/lib/dpkg"), Path("/usr/share/doc")], scale // 20))
@@ -208,8 +214,7 @@ class Generator:
         if compressed:
             image.ref = push(self.layout, image.tag, self.registry, image.name)
         else:
-            assert self.daemon is not None, "a workload with daemon images needs a daemon"
-            load_into_daemon(self.layout, image.tag, self.daemon, image.name)
+            load_into_daemon(self.layout, image.tag, self.needs_daemon(), image.name)
             image.ref = f"docker-daemon:{image.name}"
 
     def app_tars(self, index: int, base: str, code_seed: int) -> list[bytes]:
@@ -266,10 +271,11 @@ class Generator:
             info = tarfile.TarInfo("big/random.bin")
             info.size = self.spec.big
             tar.addfile(info, io.BufferedReader(Random(), _PIECE))
-        self.daemon.docker("import", str(path), name, check=True)
+        daemon = self.needs_daemon()
+        daemon.docker("import", str(path), name, check=True)
         path.unlink()
         image = WorkImage(name, "daemon", "", size=self.spec.big, ref=f"docker-daemon:{name}")
-        inspect = self.daemon.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", name, check=True)
+        inspect = daemon.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", name, check=True)
         image.diff_ids = json.loads(inspect.stdout)
         self.layers[image.diff_ids[0]] = self.spec.big
         self.say(f"{name}: {self.spec.big >> 20} MiB, daemon (docker import)")

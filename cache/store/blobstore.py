@@ -486,6 +486,27 @@ class BlobStore:
             self.index.record_blob(digest, size, blake3, media_type, source)
             return True
 
+    def adopt_link(
+        self, fd: int, digest: Digest, size: int, blake3: str, media_type: str | None, source: str | None
+    ) -> bool:
+        """Publish by a hard link a read-only file of another content store (containerd's) that the
+        caller opened and hashed (``digest``, ``blake3``): the inode verified is the inode named.
+        True when linked now, False when already stored; OSError (EXDEV) on another file system,
+        where the caller copies instead. The file's mode is left alone: it is not ours."""
+        if os.fstat(fd).st_mode & 0o222:
+            raise OSError(errno.EPERM, "a writable file is not linked: it could change under its name")
+        with self.lock(digest):
+            if self.has(digest):
+                return False
+            try:
+                self.blobs_folder.link(fd, digest.hex)
+            except FileExistsError:  # a link or special file planted under the blob's name: replace it
+                self.blobs_folder.remove(digest.hex)
+                self.blobs_folder.link(fd, digest.hex)
+            self.blobs_folder.fsync()
+            self.index.record_blob(digest, size, blake3, media_type, source)
+            return True
+
     def _publish(self, fd: int, digest: Digest, ingest_name: str) -> None:
         """Make the checked bytes of the ingest file open as ``fd`` visible under their digest.
         Caller holds the digest's lock. The descriptor, not the name, is linked: whatever a member
