@@ -65,9 +65,10 @@ class TarMember:
     size: int  # bytes of data that follow the header
     linkname: str
     offset: int  # where the member's (last) header starts in the stream
+    mode: int = 0o644  # the permission bits (catalogers look for executables)
 
     def isfile(self) -> bool:
-        return self.type in (b"0", b"\x00", b"7")
+        return self.type in (b"0", b"7") or (self.type == b"\x00" and not self.name.endswith("/"))
 
     def islnk(self) -> bool:
         return self.type == b"1"
@@ -75,8 +76,8 @@ class TarMember:
     def issym(self) -> bool:
         return self.type == b"2"
 
-    def isdir(self) -> bool:
-        return self.type == b"5"
+    def isdir(self) -> bool:  # an old-style entry whose name ends in "/" is a folder, as for tarfile
+        return self.type == b"5" or (self.type == b"\x00" and self.name.endswith("/"))
 
 
 def _nts(field: bytes) -> str:
@@ -225,7 +226,11 @@ class TarStream:
         if kind and kind[0] in _NO_DATA:
             size = 0
         self._left, self._pad = size, -size % BLOCK
-        return TarMember(name, kind, size, linkname, start)
+        try:
+            mode = _number(block[100:108]) & 0o7777
+        except TarFormatError:
+            mode = 0  # a mode field no tool reads as a number: treat the member as not executable
+        return TarMember(name, kind, size, linkname, start, mode)
 
     def _meta(self, size: int) -> bytes:
         """The data of a pax or GNU long-name header (bounded by the caller), its padding skipped."""

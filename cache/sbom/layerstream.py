@@ -99,3 +99,10 @@ class LayerStream:
             got += len(chunk)
         self.uncompressed_bytes += got
         return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def readinto(self, buffer: Any) -> int:
+        """For the tar reader (cache.formats.tar): fewer bytes than asked is fine, 0 is the end."""
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        self.uncompressed_bytes += len(data)
+        return len(data)

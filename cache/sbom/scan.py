@@ -1,28 +1,25 @@
 """Scan one stored layer: stream its tar once, read only what a cataloger wants, keep facts by path.
 
-Nothing is written to disk and nothing is held whole: the tar is read as a stream ("r|") from the
-decompressing reader; a wanted file is read up to its cataloger's cap; everything else is skipped
-as the stream moves on. Whiteouts are recorded, never applied inside their own layer.
+Nothing is written to disk and nothing is held whole: the tar is read front to back by the one tar
+reader (cache.formats.tar) from the decompressing reader; a wanted file is read up to its
+cataloger's cap; everything else is skipped as the stream moves on. Whiteouts are recorded, never
+applied inside their own layer.
 """
 
 from __future__ import annotations
 
 import posixpath
-import tarfile
 from collections.abc import Sequence
 from typing import BinaryIO
 
 from cache.errors import LayerhoardError
+from cache.formats.tar import TarError, TarMember, TarStream
 from cache.sbom.catalogers import CATALOGERS
 from cache.sbom.catalogers.base import Cataloger
 from cache.sbom.layerstream import LayerStream
 from cache.sbom.model import Evidence, LayerRecord
 from cache.sbom.tarpaths import OPAQUE, WHITEOUT, normalise
 from cache.sbom.text import printable, printable_json
-
-# tarfile's stream reader skips unread data in bufsize steps (small steps cost Python calls) but
-# also copies its whole buffer on every header read (large buffers cost memcpy per member)
-TAR_BUFFER = 64 << 10
 
 
 class InvalidLayerTar(LayerhoardError):
@@ -34,28 +31,18 @@ def scan_layer(
 ) -> LayerRecord:
     stream = LayerStream(raw, compression)
     record = LayerRecord(diff_id)
+    tar = TarStream(stream)  # an empty layer (no bytes at all) simply has no members
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER)  # type: ignore[call-overload]  # noqa: SIM115
-    except tarfile.ReadError as error:
-        if stream.uncompressed_bytes == 0 or "empty" in str(error):
-            return record  # an empty layer: no entries at all
-        raise InvalidLayerTar(f"layer {diff_id} is not a tar archive: {error}") from None
-    try:
-        with tar:
-            while True:
-                member = tar.next()
-                if member is None:
-                    break
-                tar.members.clear()  # the stream reader would keep every member: memory must not grow
-                record.entries += 1
-                _take(tar, member, record, catalogers)
-    except tarfile.TarError as error:
+        for member in tar:
+            record.entries += 1
+            _take(tar, member, record, catalogers)
+    except TarError as error:
         raise InvalidLayerTar(f"layer {diff_id} is not a valid tar archive: {error}") from None
     record.uncompressed_bytes = stream.uncompressed_bytes
     return record
 
 
-def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, record: LayerRecord, catalogers: Sequence[Cataloger]) -> None:
+def _take(tar: TarStream, member: TarMember, record: LayerRecord, catalogers: Sequence[Cataloger]) -> None:
     path = normalise(member.name)
     if path is None:
         if member.name.strip("./"):
@@ -84,20 +71,17 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, record: LayerRecord, ca
     if member.islnk():
         _take_hardlink(path, member, record, catalogers)
         return
-    if not member.isreg():
+    if not member.isfile():
         return
     for cataloger in catalogers:
         if cataloger.wants(path, member.mode, member.size):
-            handle = tar.extractfile(member)
-            if handle is None:
-                return
-            parsed = cataloger.read(path, handle, member.size)
+            parsed = cataloger.read(path, tar, member.size)  # reads this member's data, at most its size
             if parsed is not None:  # the one place where parsed file contents enter a record
                 record.evidence[path] = Evidence(cataloger.name, printable_json(parsed))
                 return
 
 
-def _take_hardlink(path: str, member: tarfile.TarInfo, record: LayerRecord, catalogers: Sequence[Cataloger]) -> None:
+def _take_hardlink(path: str, member: TarMember, record: LayerRecord, catalogers: Sequence[Cataloger]) -> None:
     """A hard link names an earlier entry of this layer: it shares that entry's evidence."""
     target = normalise(member.linkname)
     if target is not None and target in record.evidence:

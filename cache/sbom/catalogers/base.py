@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 Json = Any
+
+
+class Reader(Protocol):
+    """A file's bytes as the tar streams past (cache.formats.tar.TarStream): read forward only."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class Cataloger(Protocol):
 
     def wants(self, path: str, mode: int, size: int) -> bool: ...
 
-    def read(self, path: str, stream: IO[bytes], size: int) -> Json | None:
+    def read(self, path: str, stream: Reader, size: int) -> Json | None:
         """Parse the file from its tar stream; None when it turns out not to be evidence at all."""
 
     def packages(self, path: str, record: Json) -> list[Found]: ...
@@ -44,7 +50,7 @@ class SizeCapped:
     package_type = ""
     max_bytes = 8 << 20
 
-    def read(self, path: str, stream: IO[bytes], size: int) -> Json | None:
+    def read(self, path: str, stream: Reader, size: int) -> Json | None:
         if size > self.max_bytes:
             return over_cap(size, self.max_bytes)
         try:
@@ -72,7 +78,7 @@ class StreamedDatabase:
     max_paragraph = 16 << 20  # one package's stanza; real ones are a few KiB
     max_packages = 100_000
 
-    def read(self, path: str, stream: IO[bytes], size: int) -> Json | None:
+    def read(self, path: str, stream: Reader, size: int) -> Json | None:
         pieces = Paragraphs(stream, self.max_bytes, self.max_paragraph)
         packages: list[dict[str, str]] = []
         warnings: list[str] = []
@@ -113,7 +119,7 @@ class Paragraphs:
 
     chunk = 1 << 20
 
-    def __init__(self, stream: IO[bytes], max_bytes: int, max_paragraph: int) -> None:
+    def __init__(self, stream: Reader, max_bytes: int, max_paragraph: int) -> None:
         self._stream = stream
         self._max_bytes = max_bytes
         self._max_paragraph = max_paragraph

@@ -7,9 +7,7 @@ it streams past, with a small overlap between chunks, instead of being held or s
 
 from __future__ import annotations
 
-from typing import IO
-
-from cache.sbom.catalogers.base import Found, Json
+from cache.sbom.catalogers.base import Found, Json, Reader
 
 MAGIC = b"\xff Go buildinf:"
 HEADER = 32
@@ -31,7 +29,7 @@ def _uvarint(data: bytes, at: int) -> tuple[int, int]:
     raise ValueError("bad varint in Go build info")
 
 
-def _find_magic(stream: IO[bytes]) -> bytes | None:
+def _find_magic(stream: Reader) -> bytes | None:
     """Bytes from the magic on (at most HEADER + TAIL_LIMIT), or None if the file has none."""
     carry = b""
     while True:
@@ -101,7 +99,7 @@ class GoBinaryCataloger:
     def wants(self, path: str, mode: int, size: int) -> bool:
         return size >= MIN_SIZE and (mode & 0o111 != 0 or ".so" in path.rsplit("/", 1)[-1])
 
-    def read(self, path: str, stream: IO[bytes], size: int) -> Json | None:
+    def read(self, path: str, stream: Reader, size: int) -> Json | None:
         if stream.read(4) != b"\x7fELF":
             return None
         blob = _find_magic(stream)

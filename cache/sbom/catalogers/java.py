@@ -19,9 +19,8 @@ import re
 import struct
 import zipfile
 import zlib
-from typing import IO
 
-from cache.sbom.catalogers.base import Found, Json, over_cap, text_of
+from cache.sbom.catalogers.base import Found, Json, Reader, over_cap, text_of
 
 EXTENSIONS = (".jar", ".war", ".ear", ".par", ".sar", ".nar", ".kar", ".jpi", ".hpi", ".rar")
 MAX_ARCHIVE = 128 << 20  # the file in the layer, read whole
@@ -203,7 +202,7 @@ class JavaArchiveCataloger:
     def wants(self, path: str, mode: int, size: int) -> bool:
         return path.lower().endswith(EXTENSIONS)
 
-    def read(self, path: str, stream: IO[bytes], size: int) -> Json | None:
+    def read(self, path: str, stream: Reader, size: int) -> Json | None:
         if size > MAX_ARCHIVE:
             return over_cap(size, MAX_ARCHIVE)
         reader = _Reader()

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-from typing import IO
 
-from cache.sbom.catalogers.base import Found, Json, has_suffix
+from cache.sbom.catalogers.base import Found, Json, Reader, has_suffix
 
 PATHS = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite", "usr/share/rpm/rpmdb.sqlite")
 MAX_DB = 512 << 20
@@ -63,7 +62,7 @@ class RpmCataloger:
     def wants(self, path: str, mode: int, size: int) -> bool:
         return any(has_suffix(path, p) for p in PATHS)
 
-    def read(self, path: str, stream: IO[bytes], size: int) -> Json | None:
+    def read(self, path: str, stream: Reader, size: int) -> Json | None:
         if size > MAX_DB:
             return {"error": f"not read: {size} bytes is over the {MAX_DB} byte cap"}
         try:
