@@ -38,6 +38,8 @@ class PullOptions(NamedTuple):
     progress: ProgressFactory = no_progress
     remote: RemoteTier | None = None  # the team's remote tier, asked before the origin (cache/remote/tier.py)
     floor: SpeedFloor | None = None  # a registry's speed floor; None: LAYERHOARD_MIN_SPEED[_TIME], else the default
+    containerd_address: str | None = None  # containerd: names (else CONTAINERD_ADDRESS, else its default socket)
+    containerd_root: str | None = None  # containerd's content store, for containerd: and Docker's containerd store
 
 
 def pull(store: BlobStore, source: Source | str, options: PullOptions | None = None) -> PullReport:

@@ -29,6 +29,7 @@ TRANSPORTS = (
     Transport("docker-daemon:", "daemon", "cache.sources.daemon"),
     Transport("oci:", "oci", "cache.sources.layout"),
     Transport("docker-archive:", "archive", "cache.sources.archive"),
+    Transport("containerd:", "containerd", "cache.sources.containerd"),
 )
 REGISTRY = TRANSPORTS[0]
 

@@ -5,15 +5,17 @@ containerd keeps every blob of an image exactly as the registry (or an import) g
 ``blobs/``. So a pull here copies nothing it does not have to:
 
 1. The name is resolved to its target descriptor over containerd's API
-   (:mod:`cache.sources.containerd_names`); Docker's containerd image store gives the same
-   descriptor as the image ID (:func:`pull_target`).
+   (:mod:`cache.sources.containerd_names`); Docker's containerd image store (namespace ``moby``)
+   gives the same digest as the image ID, which ``docker-daemon:`` then reads here
+   (:func:`pull_target`).
 2. The target (an index: the platform asked, else the host's), the manifest and the config are
    read from the content folder, each checked against its digest and size.
 3. Every layer not stored yet is read once from the content folder: its sha256 and size, and its
    diff_id (decompressed as it is read) against the config. Only when every blob checked out is
    anything published: a layer by a hard link to containerd's own file when the cache is on the
    same file system (no byte copied; the inode linked is the one hashed), else by a copy that is
-   hashed again as it is written. The verified (blob, diff_id) pairs are recorded.
+   hashed again as it is written. The verified (blob, diff_id) pairs are recorded, and the image
+   ends in the one commit path (:mod:`cache.ingest.commit`), its name keeping the index whole.
 
 What it trusts: containerd's answer names a digest, nothing more; every byte read from the
 content folder is hashed before it counts, files are opened read-only with ``O_NOFOLLOW`` and
@@ -32,18 +34,22 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from cache.errors import DigestMismatch, InvalidManifest, InvalidReference, SizeMismatch, SourceError
 from cache.formats.compression import CorruptLayer, DiffIdHasher
+from cache.ingest.commit import Arrival, commit
 from cache.ingest.report import LayerReport, PullReport
 from cache.model.digest import Digest, Hasher, sha256_of
 from cache.model.manifests import (
     MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES,
     OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
     Descriptor,
     Index,
     Manifest,
@@ -52,10 +58,13 @@ from cache.model.manifests import (
     parse_config,
     parse_manifest_or_index,
 )
+from cache.model.refs import Source
 from cache.progress import ProgressFactory
 from cache.sources.containerd_names import DEFAULT_NAMESPACE, containerd_address, resolve
 from cache.store.blobstore import BlobStore
-from cache.store.images import record_image
+
+if TYPE_CHECKING:
+    from cache.ingest.pull import PullOptions
 
 DEFAULT_ROOT = "/var/lib/containerd"
 CONTENT = ("io.containerd.content.v1.content", "blobs", "sha256")
@@ -63,16 +72,19 @@ READ_BYTES = 1 << 20
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # no link followed, no FIFO waited on
 
 
-@dataclass(frozen=True)
-class ContainerdSource:
+class ContainerdSource(NamedTuple):
     namespace: str
-    name: str
+    name: str  # as containerd stores it: a full reference, like docker.io/library/alpine:3.20
+
+    @property
+    def kind(self) -> str:
+        return "containerd"
 
     def __str__(self) -> str:
         return f"containerd:{self.namespace}/{self.name}"
 
 
-def parse_containerd(body: str) -> ContainerdSource:
+def parse(body: str) -> ContainerdSource:
     """``[NAMESPACE/]NAME`` (see the module text for how the namespace is told apart)."""
     if not body:
         raise InvalidReference("containerd: needs an image name, like containerd:docker.io/library/alpine:3.20")
@@ -83,6 +95,12 @@ def parse_containerd(body: str) -> ContainerdSource:
             raise InvalidReference(f"containerd: namespace {first!r} is not a containerd namespace name")
         return ContainerdSource(first, rest)
     return ContainerdSource(DEFAULT_NAMESPACE, body)
+
+
+def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
+    assert isinstance(source, ContainerdSource)
+    return pull_from_containerd(store, source, address=options.containerd_address, root=options.containerd_root,
+                                platform=options.platform, jobs=options.jobs, progress=options.progress)
 
 
 def cache_name(source: ContainerdSource) -> str:
@@ -111,18 +129,33 @@ class ContentStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def has(self, digest: Digest) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(digest.hex, dir_fd=self._fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
     def open(self, descriptor: Descriptor) -> int:
         """The blob's file, a regular file of the descriptor's size (the caller closes it)."""
-        path = f"{self.where}/{descriptor.digest.hex}"
+        fd, size = self.open_sized(descriptor.digest)
+        if size != descriptor.size:
+            os.close(fd)
+            raise SizeMismatch(f"{self.where}/{descriptor.digest.hex} is {size} bytes, its descriptor says "
+                               f"{descriptor.size}")
+        return fd
+
+    def open_sized(self, digest: Digest) -> tuple[int, int]:
+        """The blob's file and its size; it must be a regular file (the caller closes it)."""
+        path = f"{self.where}/{digest.hex}"
         try:
-            fd = os.open(descriptor.digest.hex, _FLAGS, dir_fd=self._fd)  # hex is checked: no path tricks
+            fd = os.open(digest.hex, _FLAGS, dir_fd=self._fd)  # hex is checked: no path tricks
         except OSError as error:
             raise SourceError(f"cannot read {path}: {error.strerror}") from None
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != descriptor.size:
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise SizeMismatch(f"{path} is not a file of the {descriptor.size} bytes its descriptor says")
-        return fd
+            raise SourceError(f"{path} is not a regular file")
+        return fd, info.st_size
 
     def small(self, descriptor: Descriptor, limit: int) -> bytes:
         """A manifest, index or config, checked against its digest."""
@@ -160,61 +193,70 @@ def pull_from_containerd(
     progress: ProgressFactory | None = None,
 ) -> PullReport:
     """Bring ``source`` into ``store`` from containerd; see the module text for how."""
+    started = time.monotonic()
     target = resolve(containerd_address(address), source.namespace, source.name)
-    return pull_target(store, target, cache_name(source), str(source), root=root, platform=platform, jobs=jobs,
-                       progress=progress)
+    with ContentStore(root or DEFAULT_ROOT) as content:
+        return pull_target(store, content, target, [cache_name(source)], str(source), started,
+                           platform=platform, jobs=jobs, progress=progress)
+
+
+def target_of(content: ContentStore, digest: Digest) -> Descriptor:
+    """A descriptor for a top blob known only by digest (Docker's image ID in its containerd
+    store): its size from the file, its media type from its own JSON."""
+    fd, size = content.open_sized(digest)
+    os.close(fd)
+    if size > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(f"manifest {digest} is {size} bytes, more than {MAX_MANIFEST_BYTES} allowed")
+    raw = content.small(Descriptor(OCI_MANIFEST, digest, size), MAX_MANIFEST_BYTES)
+    top = parse_manifest_or_index(raw, None, f"manifest {digest}")
+    return Descriptor(top.media_type or (OCI_INDEX if isinstance(top, Index) else OCI_MANIFEST), digest, size)
 
 
 def pull_target(
     store: BlobStore,
+    content: ContentStore,
     target: Descriptor,
-    ref: str,
+    names: Sequence[str],
     source: str,
+    started: float,
     *,
-    root: str | None = None,
     platform: Platform | None = None,
     jobs: int = 2,
     progress: ProgressFactory | None = None,
 ) -> PullReport:
-    """The image ``target`` names in containerd's content store, named ``ref``."""
-    started = time.monotonic()
-    with ContentStore(root or DEFAULT_ROOT) as content:
-        top = parse_manifest_or_index(content.small(target, MAX_MANIFEST_BYTES), target.media_type,
-                                      f"manifest {target.digest}")
-        fetched = target.size
-        manifest, chosen = top, None
-        if isinstance(top, Index):
-            entry = top.choose(platform or Platform.host())
-            manifest = parse_manifest_or_index(content.small(entry, MAX_MANIFEST_BYTES), entry.media_type,
-                                               f"manifest {entry.digest}")
-            if not isinstance(manifest, Manifest):
-                raise InvalidManifest(f"manifest {entry.digest}: nested indexes are not supported")
-            chosen, fetched = entry.platform, fetched + entry.size
-        assert isinstance(manifest, Manifest)
-        config_raw = content.small(manifest.config, MAX_CONFIG_BYTES)
-        config = parse_config(config_raw, f"config {manifest.config.digest}")
-        if len(config.diff_ids) != len(manifest.layers):
-            raise InvalidManifest(f"manifest {manifest.digest} lists {len(manifest.layers)} layers, "
-                                  f"its config {len(config.diff_ids)}")
-        layers = _check_layers(store, content, manifest, list(config.diff_ids), jobs, progress)
-        try:  # every blob checked out: only now is anything published
-            for layer in layers:
-                _publish(store, layer, source)
-        finally:
-            for layer in layers:
-                if layer.fd is not None:
-                    os.close(layer.fd)
+    """The image ``target`` names in containerd's content store, named ``names``."""
+    top = parse_manifest_or_index(content.small(target, MAX_MANIFEST_BYTES), target.media_type,
+                                  f"manifest {target.digest}")
+    fetched = target.size
+    manifest, chosen = top, None
+    if isinstance(top, Index):
+        entry = top.choose(platform or Platform.host())
+        manifest = parse_manifest_or_index(content.small(entry, MAX_MANIFEST_BYTES), entry.media_type,
+                                           f"manifest {entry.digest}")
+        if not isinstance(manifest, Manifest):
+            raise InvalidManifest(f"manifest {entry.digest}: nested indexes are not supported")
+        chosen, fetched = entry.platform, fetched + entry.size
+    assert isinstance(manifest, Manifest)
+    config_raw = content.small(manifest.config, MAX_CONFIG_BYTES)
+    config = parse_config(config_raw, f"config {manifest.config.digest}")
+    if len(config.diff_ids) != len(manifest.layers):
+        raise InvalidManifest(f"manifest {manifest.digest} lists {len(manifest.layers)} layers, "
+                              f"its config {len(config.diff_ids)}")
+    layers = _check_layers(store, content, manifest, list(config.diff_ids), jobs, progress)
+    try:  # every blob checked out: only now is anything published
+        for layer in layers:
+            _publish(store, layer, source)
+    finally:
+        for layer in layers:
+            if layer.fd is not None:
+                os.close(layer.fd)
     store.put_bytes(config_raw, manifest.config.media_type or OCI_CONFIG, source)
-    store.put_bytes(manifest.raw, manifest.media_type, source)
-    if top is not manifest:
-        store.put_bytes(top.raw, top.media_type, source)
-    record_image(store, ref, top, platform=chosen or config.platform, source=source)
-    reports = [layer.report for layer in layers]
     new = sum(layer.descriptor.size for layer in layers if layer.fd is not None)
-    return PullReport(ref, str(manifest.digest), str(chosen or config.platform or "") or None, source, reports,
-                      bytes_fetched=fetched + len(config_raw) + new,
-                      bytes_reused=sum(r.size for r in reports if r.reused), seconds=time.monotonic() - started,
-                      route="containerd")
+    arrival = Arrival(source, top, [manifest], chosen=manifest, platform=chosen or config.platform,
+                      layers=[layer.report for layer in layers], bytes_fetched=fetched + len(config_raw) + new)
+    report = commit(store, arrival, names, started)
+    report.route = "containerd"
+    return report
 
 
 def _check_layers(

@@ -6,6 +6,9 @@
 3. Otherwise, when ``/info`` says overlay2 (or vfs) and its data root is readable here (root, or rootless
    docker's data root in the user's home), rebuild only the new layers from the daemon's own
    storage (:mod:`cache.sources.dockerd_storage`), each hashed to its diff_id: no save at all.
+   A daemon whose ``/info`` says it keeps images in containerd (Docker's containerd image store)
+   is read from containerd's content store instead, as ``containerd:`` reads it
+   (:mod:`cache.sources.containerd`): the image ID is the digest of the image's index or manifest.
 4. Otherwise, or when that read is refused (not permitted, another driver, a file that changed,
    a hash that does not match), stream ``GET /images/{name}/get`` once through :class:`SaveReader`:
    new layers are compressed with our fixed zstd while their diff_id is computed, stored ones only
@@ -26,7 +29,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from cache.errors import DirectReadRefused, InvalidDigest, InvalidReference, SourceError
+from cache.errors import DirectReadRefused, InvalidDigest, InvalidManifest, InvalidReference, SourceError
 from cache.formats.docker_save import LayerChooser, SaveContents, SaveReader
 from cache.ingest.report import PullReport
 from cache.model.digest import Digest, parse_digest
@@ -58,7 +61,9 @@ def parse(name: str) -> DaemonSource:
 
 def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
     assert isinstance(source, DaemonSource)
-    return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress)
+    return pull_from_daemon(store, source, docker_host=options.docker_host, progress=options.progress,
+                            containerd_root=options.containerd_root)
+
 
 NO_STORAGE_READS = "LAYERHOARD_NO_DAEMON_STORAGE"  # set (to anything): always stream docker save
 
@@ -69,6 +74,7 @@ def pull_from_daemon(
     *,
     docker_host: str | None = None,
     progress: ProgressFactory | None = None,
+    containerd_root: str | None = None,
 ) -> PullReport:
     """Bring the daemon's image ``source.name`` into ``store``; see the module text for how."""
     started = time.monotonic()
@@ -80,13 +86,13 @@ def pull_from_daemon(
         ref = daemon_image_name(record_name(source.name, info))
         if store.has(image_id):
             config_raw = store.read_bytes(image_id)
-            if list(parse_config(config_raw).diff_ids) == diff_ids:
+            if _diff_ids_of(config_raw) == diff_ids:
                 stored = record_stored(store, config_raw, [ref], str(source), started)
                 if stored is not None:
                     stored.route = "store"
                     return stored
         try:
-            return _pull_direct(store, engine, source, image_id, diff_ids, ref, started, progress)
+            return _pull_direct(store, engine, source, image_id, diff_ids, ref, started, progress, containerd_root)
         except DirectReadRefused as why:
             fallback = str(why)
         sizes = _layer_sizes(engine.history(source.name), len(diff_ids))
@@ -121,12 +127,18 @@ def _pull_direct(
     ref: str,
     started: float,
     progress: ProgressFactory | None,
+    containerd_root: str | None = None,
 ) -> PullReport:
     """The image from the daemon's overlay2 or vfs storage: its config, and each layer not stored yet
-    rebuilt and hashed to its diff_id; DirectReadRefused (nothing stored) when that cannot be done."""
+    rebuilt and hashed to its diff_id; from containerd's content store when the daemon keeps its
+    images there; DirectReadRefused (nothing stored) when that cannot be done."""
     if os.environ.get(NO_STORAGE_READS):
         raise DirectReadRefused(f"{NO_STORAGE_READS} is set")
-    with LayerStorage(*daemon_storage(engine.info())) as storage:
+    daemon_info = engine.info()
+    if keeps_images_in_containerd(daemon_info):
+        return _pull_from_containerd_store(store, daemon_info, image_id, ref, source, started, progress,
+                                           containerd_root)
+    with LayerStorage(*daemon_storage(daemon_info)) as storage:
         config_raw = storage.config(image_id)
         if list(parse_config(config_raw).diff_ids) != diff_ids:
             raise DirectReadRefused("the daemon's stored config lists other layers than its inspect")
@@ -154,6 +166,57 @@ def _pull_direct(
     report.bytes_fetched = sum(layer.tar_size for layer in rebuilt)
     report.route = storage.driver
     return report
+
+
+CONTAINERD_SNAPSHOTTER = ["driver-type", "io.containerd.snapshotter.v1"]  # /info DriverStatus, Docker 24+
+
+
+def keeps_images_in_containerd(info: dict[str, Any] | None) -> bool:
+    """Whether ``/info`` says the daemon keeps its images in containerd (the containerd image store)."""
+    status = info.get("DriverStatus") if info else None
+    return isinstance(status, list) and CONTAINERD_SNAPSHOTTER in status
+
+
+def _pull_from_containerd_store(
+    store: BlobStore,
+    daemon_info: dict[str, Any] | None,
+    image_id: Digest,
+    ref: str,
+    source: DaemonSource,
+    started: float,
+    progress: ProgressFactory | None,
+    containerd_root: str | None,
+) -> PullReport:
+    """Docker's containerd image store (namespace ``moby``): the image ID is the digest of the image's
+    index or manifest in containerd's content store, whose blobs are read (and linked) as
+    ``containerd:`` reads them. The root: ``containerd_root``, else containerd's default, else the
+    one dockerd runs itself under its data root."""
+    from cache.sources.containerd import DEFAULT_ROOT, ContentStore, pull_target, target_of
+
+    data_root = (daemon_info or {}).get("DockerRootDir")
+    roots = [containerd_root] if containerd_root else [DEFAULT_ROOT, f"{data_root}/containerd/daemon"]
+    reasons = []
+    for root in roots:
+        try:
+            content = ContentStore(root)
+        except SourceError as error:
+            reasons.append(str(error))
+            continue
+        with content:
+            if content.has(image_id):
+                return pull_target(store, content, target_of(content, image_id), [ref], str(source), started,
+                                   progress=progress)
+            reasons.append(f"{content.where} has no blob {image_id}")
+    raise DirectReadRefused(f"the daemon keeps images in containerd, but {'; '.join(reasons)}")
+
+
+def _diff_ids_of(config_raw: bytes) -> list[Digest] | None:
+    """A stored config's diff_ids; None when the image ID names no config (Docker's containerd
+    store names the image's index or manifest)."""
+    try:
+        return list(parse_config(config_raw).diff_ids)
+    except InvalidManifest:
+        return None
 
 
 def _digest(value: object, what: str) -> Digest:

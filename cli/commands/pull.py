@@ -78,6 +78,12 @@ def pull_options(function: F) -> F:
         click.option("--insecure", is_flag=True, help="Allow plain HTTP and unverified TLS (non-loopback)."),
         click.option("--offline", is_flag=True, help="Use only what is cached; make no request."),
         click.option("--docker-host", help="Docker daemon for docker-daemon: (default: DOCKER_HOST or context)."),
+        click.option("--containerd-address", metavar="SOCKET",
+                     help="containerd for containerd: names (default: CONTAINERD_ADDRESS, else "
+                          "/run/containerd/containerd.sock)."),
+        click.option("--containerd-root", metavar="DIR",
+                     help="containerd's root, whose content store containerd: and Docker's containerd image store "
+                          "read (default: /var/lib/containerd)."),
         click.option("--min-speed", metavar="RATE", callback=_parse_option,
                      help="Abandon (then resume) a registry transfer slower than RATE bytes/s over --min-speed-time "
                           "(like 1K; 0: never) [default: LAYERHOARD_MIN_SPEED, else 1K]."),
@@ -103,32 +109,24 @@ def _summary(report: PullReport) -> str:
             f"in {report.seconds:.2f}s")
 
 
-def _check_claims(ctx: Context, reports: list[PullReport]) -> None:
-    """The diff_id claims these pulls left, checked by a detached process now that the result is out."""
-    if any(not layer.diff_id_verified for report in reports for layer in report.layers):
-        from cache.store.diffids import start_background_check
-
-        start_background_check(ctx.store)
-
-
 @click.command("pull")
 @click.argument("source")
 @pull_options
 @click.option("--name", help="Name to record an oci: or docker-archive: image under.")
 @pass_context
 def pull_command(ctx: Context, source: str, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
-                 offline: bool, docker_host: str | None, min_speed: int | None, min_speed_time: float | None,
+                 offline: bool, docker_host: str | None, containerd_address: str | None, containerd_root: str | None,
+                 min_speed: int | None, min_speed_time: float | None,
                  name: str | None) -> None:
     """Bring SOURCE into the cache (docker://REF by default; docker-daemon:, oci:, docker-archive:)."""
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
                        _floor(min_speed, min_speed_time), name)
-    ctx.store.defer_diff_ids = True  # checked once the result is out: _check_claims
+    options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
     report = pull(ctx.store, source, options)
     if ctx.verbose and report.route is not None:
         ctx.log(f"layers read through {report.route}" + (f" ({report.fallback})" if report.fallback else ""))
     ctx.result(report.to_json(), _summary(report))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
-    _check_claims(ctx, [report])
     apply_after_write(ctx.store, report.bytes_fetched)  # the standing prune policy, in the background
 
 
@@ -153,7 +151,8 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
 def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None, from_zarf: Path | None,
                  export_to: str | None, sbom_dir: Path | None, sbom_format: str, lock_to: Path | None,
                  locked: Path | None, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
-                 offline: bool, docker_host: str | None, min_speed: int | None, min_speed_time: float | None) -> None:
+                 offline: bool, docker_host: str | None, containerd_address: str | None, containerd_root: str | None,
+                 min_speed: int | None, min_speed_time: float | None) -> None:
     """Pull many images at once; shared layers are fetched once.
 
     With --export and --sbom-dir it does a packaging build's whole image step in one process: pull
@@ -175,13 +174,13 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
         raise click.UsageError("name images to warm, or give -f FILE, --from-zarf ZARF_YAML or --locked LOCK_FILE")
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
                        _floor(min_speed, min_speed_time))
-    ctx.store.defer_diff_ids = True  # checked once the result is out (or by --export/--sbom-dir first)
     if locked is not None:
         from cache.delivery.lock import read_lock
 
         result = warm_locked(ctx.store, read_lock(locked), options)
     else:
-        result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
+        options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
+    result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
     if lock_to is not None and not result.failures:
         from cache.delivery.lock import lock_images
 
@@ -212,7 +211,6 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
                      + (f", SBOMs in {sbom_dir}" if sbom_dir else ""))
     ctx.result(data, "\n".join(lines))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
-    _check_claims(ctx, result.reports)
     apply_after_write(ctx.store, result.bytes_fetched)  # the standing prune policy, in the background
     if result.failures:
         raise SystemExit(1)
