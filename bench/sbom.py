@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from cache.formats.compression import DecompressingReader
 from cache.ingest.pull import PullOptions, pull
 from cache.model.manifests import compression_of
 from cache.sbom import image_sbom
-from cache.sbom.layerstream import LayerStream
 from cache.sbom.records import SbomRecords
 from cache.store.blobstore import BlobStore
 from cache.store.images import CachedImage, load_image
@@ -94,7 +94,7 @@ def _decompress_only(image: CachedImage) -> tuple[float, int]:
     total = 0
     for layer in image.layers:
         with image.open_layer(layer) as raw:
-            stream = LayerStream(raw, compression_of(layer.media_type))
+            stream = DecompressingReader(raw, compression_of(layer.media_type))
             while chunk := stream.read(1 << 20):
                 total += len(chunk)
     return time.perf_counter() - started, total

@@ -1,8 +1,13 @@
-"""Layer compression: diff_ids computed while bytes stream, and our one fixed zstd encoding.
+"""Compression, in one place: diff_ids computed while bytes stream, our one fixed zstd encoding,
+and the readers that decompress a stream for the tar reader.
 
-Decompression never holds a whole layer: output goes to a sink in chunks of at most
-``OUTPUT_CHUNK`` bytes, so a small compressed input that expands enormously (a "zip bomb") costs
-time, not memory. gzip goes through isal where it is installed (about 3x zlib here), else zlib.
+Two shapes, one per kind of caller. Push: :func:`decompressing` is a writer fed compressed chunks
+as they arrive from the network (the diff_id while a layer downloads). Pull:
+:class:`DecompressingReader` is read from, for the tar reader (an SBOM scan, a compressed
+docker-archive). Neither holds a whole layer: output comes in chunks of at most ``OUTPUT_CHUNK``
+(push) or of the size asked (pull), so a small input that expands enormously (a "zip bomb")
+costs time, not memory. gzip goes through isal where it is installed (about 3x zlib here), else
+zlib.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import hashlib
 import types
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 
@@ -31,6 +36,10 @@ ZSTD_LEVEL = 3
 
 class CorruptLayer(LayerhoardError):
     """A layer whose compressed bytes do not decompress."""
+
+
+class TruncatedLayer(CorruptLayer):
+    """Compressed bytes that end before their stream does (a cut-off download or file)."""
 
 
 Sink = Callable[[bytes], Any]
@@ -69,7 +78,7 @@ class _GzipStream:
 
     def close(self) -> None:
         if not self._started or not self._inflater.eof:
-            raise CorruptLayer("gzip data ends early (truncated layer)")
+            raise TruncatedLayer("gzip data ends early (truncated layer)")
 
 
 class _ZstdStream:
@@ -158,3 +167,134 @@ class DiffIdHasher:
 def zstd_compressor() -> zstandard.ZstdCompressor:
     """The one zstd encoder layerhoard writes layers with (same input, same bytes)."""
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=False, threads=0)
+
+
+# -- pull: read uncompressed bytes from a compressed stream -------------------------------------
+INPUT_CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _GzipReader:
+    """gzip members one after another (zero padding after the last is allowed)."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._inflater: Any = fast_zlib.decompressobj(31)
+        self._pending = b""
+        self._started = False
+        self._done = False
+
+    def read(self, size: int) -> bytes:
+        while not self._done:
+            if self._inflater.eof:
+                rest = self._inflater.unused_data + self._pending
+                self._pending = b""
+                if not rest:
+                    rest = self._raw.read(INPUT_CHUNK)
+                if not rest.strip(b"\0"):
+                    if not rest:
+                        self._done = True
+                        return b""
+                    continue  # padding: keep reading until the real end
+                self._inflater = fast_zlib.decompressobj(31)
+                self._pending = rest
+            data = self._inflater.unconsumed_tail or self._pending
+            self._pending = b""
+            if not data:
+                data = self._raw.read(INPUT_CHUNK)
+                if not data:
+                    if not self._started or not self._inflater.eof:
+                        raise TruncatedLayer("gzip data ends early (truncated layer)")
+                    self._done = True
+                    return b""
+            self._started = True
+            try:
+                out: bytes = self._inflater.decompress(data, size)
+            except Exception as error:  # zlib.error, or isal's own error type
+                raise CorruptLayer(f"gzip data is corrupt: {error}") from None
+            if out:
+                return out
+        return b""
+
+
+class _ZstdReader:
+    def __init__(self, raw: Readable) -> None:
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=INPUT_CHUNK, read_across_frames=True  # type: ignore[arg-type]  # read() suffices
+        )
+
+    def read(self, size: int) -> bytes:
+        try:
+            return bytes(self._reader.read(size))
+        except zstandard.ZstdError as error:
+            raise CorruptLayer(f"zstd data is corrupt: {error}") from None
+
+
+class _ArchiveReader:
+    """bzip2 or xz: only docker-archive tarballs come compressed this way, never a layer."""
+
+    def __init__(self, raw: Readable, kind: str) -> None:
+        import bz2  # only for the rare compressed tarball: a cached pull never needs them
+        import lzma
+
+        self._raw = raw
+        self._kind = kind
+        self._errors = (OSError, EOFError, lzma.LZMAError)
+        self._inflater: Any = bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor()
+        self._pending = b""
+
+    def read(self, size: int) -> bytes:
+        while not self._inflater.eof:
+            try:  # an empty input still gives output the last call held back (bounded by ``size``)
+                out: bytes = self._inflater.decompress(self._pending, size)
+            except self._errors as error:
+                raise CorruptLayer(f"{self._kind} data is corrupt: {error}") from None
+            self._pending = b""
+            if out:
+                return out
+            if self._inflater.needs_input:
+                self._pending = self._raw.read(INPUT_CHUNK)
+                if not self._pending:
+                    raise TruncatedLayer(f"the {self._kind} stream ends early")
+        return b""
+
+
+class DecompressingReader:
+    """File-like ``read(n)`` and ``readinto`` over the uncompressed bytes of ``raw``, compressed as
+    ``compression`` says ("gzip", "zstd", "bzip2", "xz" or "none"); counts what it produced."""
+
+    def __init__(self, raw: Readable, compression: str) -> None:
+        if compression == "gzip":
+            self._source: Readable = _GzipReader(raw)
+        elif compression == "zstd":
+            self._source = _ZstdReader(raw)
+        elif compression in ("bzip2", "xz"):
+            self._source = _ArchiveReader(raw, compression)
+        elif compression == "none":
+            self._source = raw
+        else:
+            raise LayerhoardError(f"unknown layer compression {compression!r}")
+        self.uncompressed_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        want = size if size > 0 else INPUT_CHUNK
+        parts: list[bytes] = []
+        got = 0
+        while got < want:
+            chunk = self._source.read(want - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self.uncompressed_bytes += got
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def readinto(self, buffer: Any) -> int:
+        """For the tar reader (cache.formats.tar): fewer bytes than asked is fine, 0 is the end."""
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        self.uncompressed_bytes += len(data)
+        return len(data)

@@ -19,10 +19,11 @@ a caller who needs the end-of-archive blocks).
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from cache.formats.compression import CorruptLayer, DecompressingReader, TruncatedLayer
 
 BLOCK = 512
 META_LIMIT = 1 << 20  # pax and GNU long-name data of one member, all its headers together: far
@@ -318,41 +319,25 @@ class _Prefixed:
             return count
         return self._source.readinto(buffer) or 0
 
+    def read(self, size: int) -> bytes:
+        buffer = bytearray(size)
+        got = self.readinto(memoryview(buffer))
+        return bytes(buffer[:got])
 
-class _Decompressing:
-    """A gzip, bzip2 or xz stream decompressed into the caller's buffer, output bounded per call."""
 
-    def __init__(self, kind: str, source: Readable) -> None:
-        import bz2  # only for the rare compressed tarball: a cached pull never needs them
-        import lzma
+class _Decompressed:
+    """A compressed tar's bytes, decompressed by cache.formats.compression, its errors the tar reader's."""
 
-        self._kind = kind
-        self._source = source
-        self._errors = (zlib.error, OSError, EOFError, lzma.LZMAError)
-        self._inflater: Any = (
-            zlib.decompressobj(16 + zlib.MAX_WBITS) if kind == "gzip"
-            else bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor()
-        )
-        self._pending = b""
-        self._input = bytearray(256 << 10)
+    def __init__(self, kind: str, source: _Prefixed) -> None:
+        self._reader = DecompressingReader(source, kind)
 
     def readinto(self, buffer: Any) -> int:
-        want = len(buffer)
-        while not self._inflater.eof:
-            try:  # an empty input still gives output the last call held back (bounded by ``want``)
-                out = self._inflater.decompress(self._pending, want)
-            except self._errors as error:
-                raise TarFormatError(f"{self._kind} data is corrupt: {error}") from None
-            self._pending = self._inflater.unconsumed_tail if self._kind == "gzip" else b""
-            if out:
-                buffer[: len(out)] = out
-                return len(out)
-            if not self._pending and not self._inflater.eof:
-                got = self._source.readinto(self._input) or 0
-                if got == 0:
-                    raise TarCutOff(f"the {self._kind} stream ends early")
-                self._pending = bytes(self._input[:got])
-        return 0
+        try:
+            return self._reader.readinto(buffer)
+        except TruncatedLayer as error:
+            raise TarCutOff(str(error)) from None
+        except CorruptLayer as error:
+            raise TarFormatError(str(error)) from None
 
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
@@ -368,5 +353,5 @@ def open_tar(source: Readable) -> TarStream:
     if not header_ok(head[:got]):  # a tar whose first name starts like a magic number stays a tar
         for magic, kind in _MAGIC:
             if head[:got].startswith(magic):
-                return TarStream(_Decompressing(kind, prefixed))
+                return TarStream(_Decompressed(kind, prefixed))
     return TarStream(prefixed)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from cache.errors import LayerhoardError
+from cache.formats.compression import DecompressingReader
 from cache.formats.tar import TarError, TarMember, TarStream
 from cache.sbom.catalogers import CATALOGERS
 from cache.sbom.catalogers.base import Cataloger
-from cache.sbom.layerstream import LayerStream
 from cache.sbom.model import Evidence, LayerRecord
 from cache.sbom.tarpaths import OPAQUE, WHITEOUT, normalise
 from cache.sbom.text import printable, printable_json
@@ -29,7 +29,7 @@ class InvalidLayerTar(LayerhoardError):
 def scan_layer(
     raw: BinaryIO, compression: str, diff_id: str, catalogers: Sequence[Cataloger] = CATALOGERS
 ) -> LayerRecord:
-    stream = LayerStream(raw, compression)
+    stream = DecompressingReader(raw, compression)
     record = LayerRecord(diff_id)
     tar = TarStream(stream)  # an empty layer (no bytes at all) simply has no members
     try:
