@@ -16,8 +16,10 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from cache.formats.index_json import ref_name_of
 from cache.model.digest import parse_digest
 from cache.server import RegistryServer
+from cache.store import pins
 from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
 from cache.upkeep.gc import gc
@@ -170,6 +172,23 @@ def test_delete_tag_then_manifest_then_blob(store: BlobStore, served: RegistrySe
     assert blob.status_code == 404 and errors_of(blob) == ["BLOB_UNKNOWN"]
     missing = requests.delete(f"{url}/v2/team/app/blobs/{config}", timeout=10)
     assert missing.status_code == 404 and errors_of(missing) == ["BLOB_UNKNOWN"]
+
+
+def test_a_deleted_image_loses_its_pin(store: BlobStore, served: RegistryServer) -> None:
+    """A pin keeps a name from prune; a name deleted through serve leaves no pin behind, so an image
+    pushed later under that name is not kept by a pin nobody set for it."""
+    url = served.url
+    image = push_image(url, "team/pinned", "1")
+    push_manifest(url, "team/pinned", "2", json.loads(requests.get(f"{url}/v2/team/pinned/manifests/1",
+                                                                   timeout=10).content))
+    names = sorted(str(ref_name_of(entry)) for entry in store.images())
+    assert [name.rsplit(":", 1)[1] for name in names] == ["1", "2"]
+    for name in names:
+        pins.pin(store, name)
+    assert requests.delete(f"{url}/v2/team/pinned/manifests/1", timeout=10).status_code == 202  # a tag
+    assert pins.pins(store) == {names[1]}
+    assert requests.delete(f"{url}/v2/team/pinned/manifests/{image}", timeout=10).status_code == 202  # every name
+    assert pins.pins(store) == set()
 
 
 def test_delete_of_a_manifest_another_repository_names(store: BlobStore, served: RegistryServer) -> None:

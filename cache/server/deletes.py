@@ -26,6 +26,7 @@ from cache.model.manifests import subject_of
 from cache.server.content import named_entries, stored_manifest, tagged_entry
 from cache.server.errors import RegistryError
 from cache.server.names import Repository
+from cache.store import pins
 from cache.store.blobstore import BlobStore
 from cache.store.graph import unlink_referrer
 from cache.upkeep.gc import live_blobs
@@ -61,7 +62,15 @@ def delete_tag(store: BlobStore, repo: Repository, tag: str) -> None:
     found = tagged_entry(store, repo, tag)
     if found is None or not store.remove_image(found[0]):
         raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"tag": tag})
-    store.index.drop_image(found[0])
+    _forget(store, found[0])
+
+
+def _forget(store: BlobStore, name: str) -> None:
+    """What the cache knew of a deleted name: its record, and its pin (a pin keeps a name from
+    prune; a name deleted on purpose has nothing left to keep, and a later image of that name
+    must not come back pinned)."""
+    store.index.drop_image(name)
+    pins.unpin(store, name)
 
 
 def delete_manifest(store: BlobStore, repo: Repository, digest: Digest, deleted: Deleted) -> None:
@@ -77,7 +86,7 @@ def delete_manifest(store: BlobStore, repo: Repository, digest: Digest, deleted:
         if dropped:
             store.replace_images([entry for entry in entries if entry not in dropped])
             for entry in dropped:
-                store.index.drop_image(str(ref_name_of(entry)))
+                _forget(store, str(ref_name_of(entry)))
         named = subject_of(body.raw)
         if named is not None:
             unlink_referrer(store, named[0], digest)
