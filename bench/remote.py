@@ -26,8 +26,9 @@ import uuid
 from pathlib import Path
 
 from bench.common import machine, markdown_table, run_child
-from bench.pull import LAYERHOARD, build_layout
-from cache.units import parse_size
+from bench.pull import LAYERHOARD
+from bench.pull_images import build_layout
+from cache.units import format_size, parse_size
 from tests.services import Registry, free_port, skopeo
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> str:
     times: dict[str, list[float]] = {job: [] for job in ("origin", "fill", "remote", "cached", "down")}
     origin_requests: list[int] = []
     try:
-        compressed = build_layout(work / "layout", parse_size(args.size), args.layers)
+        compressed = format_size(build_layout(work / "layout", "synthetic", parse_size(args.size), args.layers)[1])
         ref = f"{origin.host}/bench/remote:1"
         skopeo("copy", "--quiet", "--dest-tls-verify=false", f"oci:{work / 'layout'}:bench", f"docker://{ref}")
         for run_number in range(args.runs):

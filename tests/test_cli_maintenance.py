@@ -67,7 +67,8 @@ def test_ls_lists_images_in_text_and_json(two_images: BlobStore) -> None:
 
 def test_ls_and_du_of_an_empty_cache(store: BlobStore) -> None:
     assert run_json(store, "ls") == {"images": []}
-    assert run_json(store, "du") == {"blobs": 0, "bytes": 0, "dedup_saved_bytes": 0, "image_bytes": 0, "images": 0}
+    assert run_json(store, "du") == {"blobs": 0, "bytes": 0, "dedup_saved_bytes": 0, "image_bytes": 0, "images": 0,
+                                     "diff_ids_unverified": 0, "diff_ids_mismatched": 0}
     assert run(store, "du").stdout.strip() == "0 B in 0 blobs for 0 images (dedup saved 0 B)"
 
 

@@ -25,7 +25,7 @@ from cache.delivery.lock import read_lock
 from cache.errors import DeliveryError
 from cache.model.digest import parse_digest
 from cache.store.blobstore import BlobStore
-from cache.store.graph import link_referrer, referrers
+from cache.store.graph import cosign_tags, link_cosign, link_referrer, referrers
 from cache.store.images import blobs_of
 from tests.clients import Podman, start_podman
 from tests.images import OCI_INDEX, OCI_MANIFEST, build_image, build_index, push, random_layer, sha256
@@ -326,9 +326,20 @@ def test_a_multi_platform_image_with_a_referrer_is_locked_bundled_and_imported(
         "layers": [{"mediaType": "application/vnd.example.sig", "digest": sha256(payload), "size": len(payload)}],
         "subject": {"mediaType": OCI_INDEX, "digest": index_digest, "size": len(index)},
     }).encode()
-    for blob in (config, payload, signature):
+    # and a cosign signature of the amd64 manifest, which only cosign's tag ties to it (a cosign edge)
+    cosign_config = json.dumps({"architecture": "", "os": "", "config": {},
+                                "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]}}).encode()
+    cosigned = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(cosign_config),
+                   "size": len(cosign_config)},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": sha256(payload),
+                    "size": len(payload), "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}}],
+    }).encode()
+    for blob in (config, payload, signature, cosign_config, cosigned):
         store.put_bytes(blob)
     link_referrer(store, parse_digest(index_digest), parse_digest(sha256(signature)), "application/vnd.example.sig")
+    link_cosign(store, parse_digest(amd.manifest_digest), parse_digest(sha256(cosigned)), "sig")
     store.close()
 
     lock = tmp_path / "multi.lock"
@@ -336,7 +347,8 @@ def test_a_multi_platform_image_with_a_referrer_is_locked_bundled_and_imported(
     locked = read_lock(lock).images[ref]
     assert locked.digest == index_digest
     assert locked.platforms == {"linux/amd64": amd.manifest_digest, "linux/arm64": arm.manifest_digest}
-    assert list(locked.referrers) == [sha256(signature)]
+    assert {d: note.via for d, note in locked.referrers.items()} == {sha256(signature): "referrer",
+                                                                    sha256(cosigned): "cosign:sig"}
     assert lock.read_text() == read_lock(lock).encode().decode()  # stable: read and written the same
 
     mark = registry.mark()
@@ -353,11 +365,12 @@ def test_a_multi_platform_image_with_a_referrer_is_locked_bundled_and_imported(
     assert sha256(raw.encode()) == index_digest
     site = tmp_path / "site"
     report = json.loads(cli(site, "--json", "import", f"oci-archive:{bundle}").stdout)
-    assert report["images"] == {ref: index_digest} and report["referrers"] == 1
+    assert report["images"] == {ref: index_digest} and report["referrers"] == 2
     assert names(site) == {ref: index_digest}
     site_store = BlobStore(site)
     try:
         assert referrers(site_store, parse_digest(index_digest)) == {sha256(signature): "application/vnd.example.sig"}
+        assert cosign_tags(site_store, parse_digest(amd.manifest_digest)) == {sha256(cosigned): "sig"}
     finally:
         site_store.close()
     assert reachable(site) == reachable(source)

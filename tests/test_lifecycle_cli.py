@@ -158,6 +158,7 @@ def test_stats_count_hits_misses_and_bytes_per_source(tmp_path: Path, images: di
 def test_damaged_index_says_rebuild_and_rebuild_restores_it(tmp_path: Path, images: dict[str, Pushed]) -> None:
     cache = tmp_path / "cache"
     cli_json(cache, "pull", images["a"].ref)
+    cli_json(cache, "verify", "--diff-ids")  # the pull's diff_id check, done (or waited for) here
     cli_json(cache, "pin", images["a"].ref)
     store = BlobStore(cache)
     before = {str(d): r for d, r in store.index.blobs()}

@@ -11,7 +11,9 @@ is left out. Without exclusions skopeo and podman read any image of it (``oci:DI
 those blobs are, which is what ``layerhoard import`` does at the site.
 
 What the bundle assumes the other side holds is written in ``layerhoard-bundle.json`` beside
-``index.json`` (``{"bundleVersion", "assumes": {digest: size}, "excludedFrom", "images": lock}``).
+``index.json`` (``{"bundleVersion", "assumes": {digest: size}, "excludedFrom", "lock"}``): the
+lock it was made from tells the site what each unnamed manifest is (a referrer, or which cosign
+tag of which subject it is).
 A file of its own rather than an annotation of index.json: an annotation is a string meant for
 short facts and the list holds thousands of digests, and every OCI tool parses index.json while
 none reads this file, so they are not slowed or confused by it. In a tar it is the second member,
@@ -71,7 +73,7 @@ class BundlePlan:
             "assumes": {str(d): size for d, size in sorted(self.assumes.items())},
             "bundleVersion": BUNDLE_VERSION,
             "excludedFrom": self.excluded_from,
-            "images": {name: image.to_json() for name, image in self.lock.images.items()} if self.lock else {},
+            "lock": self.lock.to_json() if self.lock else None,
         }
         return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
 
@@ -113,7 +115,8 @@ def plan_bundle(store: BlobStore, lock: LockFile, exclude: Inventory | None = No
         plan.entries.append(Entry(_descriptor(store, image.digest, image.media_type), image.name,
                                   _carried(store, image.name, image.digest, locked, held, plan.assumes)))
         for digest in image.referrers:
-            if store.has(digest):  # a referrer kept when the lock was made but gone since is not shipped
+            shipped = any(entry.descriptor.digest == digest and entry.name is None for entry in plan.entries)
+            if store.has(digest) and not shipped:  # one kept when the lock was made but gone since is not
                 raw = store.read_bytes(digest)
                 kind = parse_manifest_or_index(raw, what=f"referrer {digest} of {image.name}").media_type
                 plan.entries.append(Entry(Descriptor(kind, digest, len(raw)), None,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cache.delivery.bundle import BUNDLE_FILE, BUNDLE_VERSION
+from cache.delivery.lock import Referrer, lock_from_json
 from cache.errors import BlobNotFound, DeliveryError, InvalidDigest, InvalidManifest, LayerhoardError
 from cache.formats.index_json import REF_NAME, parse_entries
 from cache.formats.tar import TarError, TarHeaders
@@ -53,7 +54,7 @@ from cache.model.refs import ImageRef
 from cache.progress import ProgressFactory, no_progress
 from cache.store.blobstore import BlobStore
 from cache.store.folder import Folder, UnsafeFile
-from cache.store.graph import link_referrer
+from cache.store.graph import link_cosign, link_referrer
 from cache.store.images import record_image
 
 READ_CHUNK = 1 << 20
@@ -248,7 +249,7 @@ class ImportReport:
 @dataclass
 class _Plan:
     named: list[tuple[str, Manifest | Index]] = field(default_factory=list)
-    referrers: list[Manifest] = field(default_factory=list)
+    attached: list[tuple[Manifest, Referrer]] = field(default_factory=list)  # what travels with the images
     manifests: dict[Digest, Manifest] = field(default_factory=dict)  # every image manifest, each once
 
 
@@ -259,8 +260,9 @@ def import_bundle(store: BlobStore, source: str, *, jobs: int = 4,
     bundle = open_bundle(source)
     try:
         report = ImportReport(source)
-        report.assumed = _check_assumptions(store, bundle)
-        plan = _plan(store, bundle)
+        record = _read_record(bundle)
+        report.assumed = _check_assumptions(store, bundle, record)
+        plan = _plan(store, bundle, _attached(bundle, record))
         report.blobs_reused = _check_complete(store, bundle, plan)
         _store(store, bundle, plan, report, jobs, progress)
     finally:
@@ -270,19 +272,33 @@ def import_bundle(store: BlobStore, source: str, *, jobs: int = 4,
     return report
 
 
-def _check_assumptions(store: BlobStore, bundle: Bundle) -> int:
+def _read_record(bundle: Bundle) -> dict[str, Any]:
+    """The bundle's record (what it assumes, the lock it was made from); a plain OCI layout has
+    none and assumes nothing."""
     raw = bundle.file(BUNDLE_FILE, MAX_RECORD_BYTES)
     if raw is None:
-        return 0  # a plain OCI layout assumes nothing
+        return {"assumes": {}, "lock": None}
     try:
         document = json.loads(raw)
     except ValueError as error:
         raise DeliveryError(f"{bundle.label}: {BUNDLE_FILE} is not valid JSON: {error}") from None
-    assumes = document.get("assumes") if isinstance(document, dict) else None
     if not isinstance(document, dict) or document.get("bundleVersion") != BUNDLE_VERSION \
-            or not isinstance(assumes, dict):
+            or not isinstance(document.get("assumes"), dict):
         raise DeliveryError(f"{bundle.label}: {BUNDLE_FILE} is not a layerhoard bundle record "
                             f"(bundleVersion {BUNDLE_VERSION} with an assumes object expected)")
+    return document
+
+
+def _attached(bundle: Bundle, record: dict[str, Any]) -> dict[Digest, Referrer]:
+    """What the record's lock says each attached manifest is (a referrer, or a cosign tag's)."""
+    if record.get("lock") is None:
+        return {}
+    lock = lock_from_json(record["lock"], f"{bundle.label}: {BUNDLE_FILE}")
+    return {digest: note for image in lock.images.values() for digest, note in image.referrers.items()}
+
+
+def _check_assumptions(store: BlobStore, bundle: Bundle, record: dict[str, Any]) -> int:
+    assumes = record["assumes"]
     for text, size in assumes.items():
         try:
             digest = parse_digest(text)
@@ -295,7 +311,7 @@ def _check_assumptions(store: BlobStore, bundle: Bundle) -> int:
         if held != size:
             raise DeliveryError(
                 f"refusing {bundle.label}: it assumes this cache holds blob {digest} ({size} bytes, "
-                f"left out against {document.get('excludedFrom')}), which the cache "
+                f"left out against {record.get('excludedFrom')}), which the cache "
                 + ("lacks" if held is None else f"holds with {held} bytes")
                 + "; import the delivery that brought it first; nothing was imported")
     return len(assumes)
@@ -317,7 +333,7 @@ def _manifest(store: BlobStore, bundle: Bundle, descriptor: Descriptor, what: st
         raise DeliveryError(f"{bundle.label}: {error}") from None
 
 
-def _plan(store: BlobStore, bundle: Bundle) -> _Plan:
+def _plan(store: BlobStore, bundle: Bundle, attached: dict[Digest, Referrer]) -> _Plan:
     raw = bundle.file("index.json", MAX_MANIFEST_BYTES)
     if raw is None or bundle.file("oci-layout", 4096) is None:
         raise DeliveryError(f"{bundle.label} is not an OCI image layout (no index.json or oci-layout)")
@@ -334,10 +350,10 @@ def _plan(store: BlobStore, bundle: Bundle) -> _Plan:
         if name is not None:
             _check_name(bundle, name)
             plan.named.append((name, top))
-        elif isinstance(top, Manifest) and subject_of(top.raw) is not None:
-            plan.referrers.append(top)
+        elif isinstance(top, Manifest) and (note := _what_is_attached(top, attached)) is not None:
+            plan.attached.append((top, note))
         else:
-            continue  # neither named nor a referrer: nothing would keep it
+            continue  # neither named nor attached to an image: nothing would keep it
         children = [top] if isinstance(top, Manifest) else \
             [_manifest(store, bundle, child, f"platform manifest of {what}") for child in top.manifests
              if bundle.size(child.digest) is not None or store.has(child.digest)]
@@ -349,6 +365,16 @@ def _plan(store: BlobStore, bundle: Bundle) -> _Plan:
                 raise DeliveryError(f"{bundle.label}: {what}: nested indexes are not supported")
             plan.manifests[child.digest] = child
     return plan
+
+
+def _what_is_attached(manifest: Manifest, attached: dict[Digest, Referrer]) -> Referrer | None:
+    """An unnamed manifest's edge: a cosign tag's as the record says (the tag is all that ties it
+    to its subject), else a referrer's from its own ``subject`` (never from the record's word)."""
+    note = attached.get(manifest.digest)
+    if note is not None and note.via.startswith("cosign:"):
+        return note
+    subject = subject_of(manifest.raw)
+    return None if subject is None else Referrer(subject[0], subject[1])
 
 
 def _check_name(bundle: Bundle, name: str) -> None:
@@ -388,10 +414,11 @@ def _store(store: BlobStore, bundle: Bundle, plan: _Plan, report: ImportReport, 
         store.put_bytes(manifest.raw, manifest.media_type, bundle.label)
     for _, top in plan.named:
         store.put_bytes(top.raw, top.media_type, bundle.label)
-    for referrer in plan.referrers:
-        subject = subject_of(referrer.raw)
-        assert subject is not None
-        link_referrer(store, subject[0], referrer.digest, subject[1])
+    for manifest, note in plan.attached:
+        if note.via.startswith("cosign:"):
+            link_cosign(store, note.subject, manifest.digest, note.via[len("cosign:"):])
+        else:
+            link_referrer(store, note.subject, manifest.digest, note.artifact_type)
         report.referrers += 1
 
 

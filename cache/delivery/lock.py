@@ -13,7 +13,7 @@ that the diff of two lock files reads as the list of images that changed::
           "digest": "sha256:…",                      what the name points at (an index or a manifest)
           "mediaType": "application/vnd.oci.image.index.v1+json",
           "platforms": {"linux/amd64": "sha256:…"},  each stored platform's manifest
-          "referrers": {"sha256:…": {"artifactType": "…", "subject": "sha256:…"}}
+          "referrers": {"sha256:…": {"artifactType": "…", "subject": "sha256:…", "via": "referrer"}}
         }
       },
       "lockVersion": 1
@@ -38,9 +38,10 @@ from cache.errors import DeliveryError, InvalidReference, LayerhoardError
 from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import Platform
 from cache.model.refs import ImageRef
+from cache.store.attachments import attachments
 from cache.store.blobstore import BlobStore
 from cache.store.fsutil import write_atomic
-from cache.store.graph import referrers
+from cache.store.graph import COSIGN_SUFFIXES
 from cache.store.images import load_image
 
 LOCK_VERSION = 1
@@ -49,8 +50,12 @@ MAX_LOCK_BYTES = 64 << 20  # 100,000 images take about 40 MB: past this it is no
 
 @dataclass(frozen=True)
 class Referrer:
-    subject: Digest  # the locked index or platform manifest it describes
+    """A manifest that travels with a locked image (cache/store/attachments.py): an OCI 1.1
+    referrer (``via`` "referrer") or what cosign's tag of the subject holds (``cosign:<suffix>``)."""
+
+    subject: Digest  # the locked index or platform manifest it describes (or a referrer of it)
     artifact_type: str
+    via: str = "referrer"
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,9 @@ class LockedImage:
 
     @property
     def ref(self) -> ImageRef:
-        """What a locked pull asks for: the name's tag with the locked digest (no tag request)."""
-        return ImageRef.parse(self.name).with_digest(self.digest)
+        """What a locked pull asks for: the name's repository at the locked digest (no tag request)."""
+        named = ImageRef.parse(self.name)
+        return ImageRef(named.registry, named.repository, None, self.digest)
 
     def manifests(self) -> list[Digest]:
         """The locked manifests: the name's target, then each platform's."""
@@ -75,8 +81,8 @@ class LockedImage:
             "digest": str(self.digest),
             "mediaType": self.media_type,
             "platforms": {platform: str(digest) for platform, digest in self.platforms.items()},
-            "referrers": {str(digest): {"artifactType": note.artifact_type, "subject": str(note.subject)}
-                          for digest, note in self.referrers.items()},
+            "referrers": {str(digest): {"artifactType": note.artifact_type, "subject": str(note.subject),
+                                        "via": note.via} for digest, note in self.referrers.items()},
         }
 
 
@@ -84,10 +90,12 @@ class LockedImage:
 class LockFile:
     images: dict[str, LockedImage]
 
+    def to_json(self) -> dict[str, Any]:
+        return {"images": {name: image.to_json() for name, image in self.images.items()},
+                "lockVersion": LOCK_VERSION}
+
     def encode(self) -> bytes:
-        document = {"images": {name: image.to_json() for name, image in self.images.items()},
-                    "lockVersion": LOCK_VERSION}
-        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+        return (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
 
     def write(self, path: Path) -> None:
         write_atomic(path, self.encode())
@@ -110,26 +118,29 @@ def lock_images(store: BlobStore, names: list[str]) -> LockFile:
             platforms[str(platform) if platform else "unknown"] = entry.digest
         top = image.platforms.digest if image.platforms is not None else image.manifest.digest
         media_type = image.platforms.media_type if image.platforms is not None else image.manifest.media_type
-        kept = {digest: Referrer(subject, kind)
-                for subject in dict.fromkeys([top, *platforms.values()])
-                for digest, kind in referrers(store, subject).items()}
+        kept = {found.digest: Referrer(found.subject, found.artifact_type, found.via)
+                for found in sorted(attachments(store, [top]), key=lambda found: found.digest)}
         images[name] = LockedImage(name, top, media_type, platforms, kept)
     return LockFile(dict(sorted(images.items())))
 
 
 def read_lock(path: Path) -> LockFile:
     """A lock file, every field checked; a bad one is one line naming the file and the field."""
-    document = read_document(path, "lock file", MAX_LOCK_BYTES)
+    return lock_from_json(read_document(path, "lock file", MAX_LOCK_BYTES), f"lock file {path}")
+
+
+def lock_from_json(document: Any, where: str) -> LockFile:
+    """The lock in a parsed document (a lock file, or the record of a delivery bundle)."""
     if not isinstance(document, dict) or document.get("lockVersion") != LOCK_VERSION:
-        raise DeliveryError(f"{path} is not a layerhoard lock file (lockVersion {LOCK_VERSION} expected)")
+        raise DeliveryError(f"{where} is not a layerhoard lock file (lockVersion {LOCK_VERSION} expected)")
     entries = document.get("images")
     if not isinstance(entries, dict):
-        raise DeliveryError(f"lock file {path}: 'images' must be an object of name → image")
-    return LockFile({name: _locked(path, name, entry) for name, entry in sorted(entries.items())})
+        raise DeliveryError(f"{where}: 'images' must be an object of name → image")
+    return LockFile({name: _locked(where, name, entry) for name, entry in sorted(entries.items())})
 
 
-def _locked(path: Path, name: str, entry: Any) -> LockedImage:
-    where = f"lock file {path}, image {name}"
+def _locked(document: str, name: str, entry: Any) -> LockedImage:
+    where = f"{document}, image {name}"
     try:
         ImageRef.parse(name)
     except InvalidReference as error:
@@ -157,8 +168,13 @@ def _locked(path: Path, name: str, entry: Any) -> LockedImage:
         raise DeliveryError(f"{where}: {error}") from None
 
 
+VIAS = frozenset({"referrer", *(f"cosign:{suffix}" for suffix in COSIGN_SUFFIXES)})
+
+
 def _referrer(where: str, note: Any) -> Referrer:
-    if not isinstance(note, dict) or not isinstance(note.get("artifactType", ""), str):
-        raise DeliveryError(f"{where}: a referrer must be an object with subject and artifactType")
-    return Referrer(parse_digest(note.get("subject", "")), note.get("artifactType", ""))
+    if not isinstance(note, dict) or not isinstance(note.get("artifactType", ""), str) \
+            or note.get("via", "referrer") not in VIAS:
+        raise DeliveryError(f"{where}: a referrer must be an object with subject, artifactType and via "
+                            f"(one of {', '.join(sorted(VIAS))})")
+    return Referrer(parse_digest(note.get("subject", "")), note.get("artifactType", ""), note.get("via", "referrer"))
 

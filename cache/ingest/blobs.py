@@ -3,7 +3,10 @@
 The source gives a ``fetch`` function; this module does the rest, the same way for a registry and
 an OCI layout: blobs already stored are reused (no byte is read from the source), new layers are
 stored while their diff_id is computed in the same pass and checked against the config before
-the blob becomes visible, and the verified (blob, diff_id) pair is recorded.
+the blob becomes visible, and the verified (blob, diff_id) pair is recorded. When the store defers
+that check (the command line's pulls: ``BlobStore.defer_diff_ids``), a layer is stored once its
+digest and size are checked and the config's diff_id is recorded as a claim, checked after the
+command by cache/store/diffids.py and trusted by nothing before.
 
 Two things a bad day brings are taken in stride: bytes that fail a check (size, sha256, diff_id,
 a gzip stream that does not decompress) are deleted and the blob fetched once more from zero,
@@ -32,6 +35,7 @@ from cache.model.manifests import (
 )
 from cache.progress import ProgressFactory, no_progress
 from cache.store.blobstore import BlobStore, BlobWriter
+from cache.store.diffids import require_diff_id
 from cache.store.images import BlobsEvicted
 
 # fetch(descriptor, offset, on_chunk, on_restart) -> bytes received from the source
@@ -120,35 +124,45 @@ class BlobPuller:
         return PulledManifest(manifest, config, reports)
 
     def layer(self, layer: Descriptor, diff_id: Digest) -> LayerReport:
-        """Store one layer unless it is there; either way its diff_id is checked against the config."""
+        """Store one layer unless it is there; either way its diff_id is checked against the config,
+        now or, when the store defers it, by the check that settles claims (cache/store/diffids.py)."""
         if self.store.has(layer.digest):
             try:
                 return self._reused(layer, diff_id)
             except BlobsEvicted:
                 pass  # evicted since the look: fetch it
-        if not self._store_blob(layer, compression_of(layer.media_type), diff_id):
+        compression = compression_of(layer.media_type)
+        if not self._store_blob(layer, compression, diff_id):
             return self._reused(layer, diff_id)  # another process stored it meanwhile
-        return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=False)
+        return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=False,
+                           diff_id_verified=not self._defers(compression))
+
+    def _defers(self, compression: str | None) -> bool:
+        """Whether a layer's diff_id is left as a claim: an uncompressed layer's is its digest, checked
+        anyway while it streams."""
+        return self.store.defer_diff_ids and compression not in (None, "none")
 
     def _reused(self, layer: Descriptor, diff_id: Digest) -> LayerReport:
-        self._check_stored_diff_id(layer, diff_id)
-        return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=True)
+        verified = self._check_stored_diff_id(layer, diff_id)
+        return LayerReport(str(layer.digest), str(diff_id), layer.size, layer.media_type, reused=True,
+                           diff_id_verified=verified)
 
-    def _check_stored_diff_id(self, layer: Descriptor, diff_id: Digest) -> None:
-        known = self.store.index.diff_id_of(layer.digest)
-        if known is None:  # stored before its pair was known (or the index was rebuilt): hash it here
-            hasher = DiffIdHasher(compression_of(layer.media_type))
-            try:
-                with self.store.open(layer.digest) as handle:
-                    while chunk := handle.read(1 << 20):
-                        hasher.update(chunk)
-            except BlobNotFound:
-                raise evicted_while_pulled(layer.digest) from None
-            known = hasher.finish()
-            if known == diff_id:
-                self.store.index.record_diff_id(layer.digest, known, layer.media_type)
-        if known != diff_id:
-            raise DigestMismatch(f"layer {layer.digest} uncompresses to {known}, but the config says {diff_id}")
+    def _check_stored_diff_id(self, layer: Descriptor, diff_id: Digest) -> bool:
+        """Check a stored layer's diff_id (hashing it here when no pair is known), or leave it as a
+        claim when the store defers checks. True when the pair is verified."""
+        index = self.store.index
+        if index.diff_id_of(layer.digest) == diff_id:
+            return True
+        if (self._defers(compression_of(layer.media_type)) and index.diff_id_of(layer.digest) is None
+                and index.refuted_diff_id(layer.digest, diff_id) is None):
+            if index.pending_diff_id(layer.digest) != (diff_id, layer.media_type):
+                index.record_pending_diff_id(layer.digest, diff_id, layer.media_type)
+            return False
+        try:
+            require_diff_id(self.store, layer.digest, diff_id, layer.media_type)
+        except BlobNotFound:
+            raise evicted_while_pulled(layer.digest) from None
+        return True
 
     def _read_stored(self, digest: Digest) -> bytes:
         try:
@@ -167,18 +181,21 @@ class BlobPuller:
             return self._store_once(descriptor, compression, diff_id)
 
     def _store_once(self, descriptor: Descriptor, compression: str | None, diff_id: Digest | None) -> bool:
+        deferred = diff_id is not None and self._defers(compression)
         with self.store.writer(descriptor.digest, descriptor.size, resume=True) as writer:
             if writer is None:
                 return False
             try:
-                hasher = self._transfer(descriptor, writer, compression)
-                if diff_id is not None:
+                hasher = self._transfer(descriptor, writer, None if deferred else compression)
+                if diff_id is not None and not deferred:
                     _check_diff_id(descriptor, hasher.finish() if hasher else None, diff_id)
             except (DigestMismatch, SizeMismatch, CorruptLayer):
                 writer.discard()  # known-bad bytes are never resumed
                 raise
             writer.commit(descriptor.media_type, self.source)
-            if diff_id is not None:
+            if diff_id is not None and deferred:  # after the publish: see cache/store/diffids.py
+                self.store.index.record_pending_diff_id(descriptor.digest, diff_id, descriptor.media_type)
+            elif diff_id is not None:
                 self.store.index.record_diff_id(descriptor.digest, diff_id, descriptor.media_type)
             return True
 

@@ -13,6 +13,7 @@ class LayerReport:
     size: int
     media_type: str
     reused: bool
+    diff_id_verified: bool = True  # False: a claim the background check settles (cache/store/diffids.py)
 
 
 @dataclass

@@ -103,11 +103,12 @@ def warm(store: BlobStore, sources: list[str], options: PullOptions) -> WarmResu
 def warm_locked(store: BlobStore, lock: LockFile, options: PullOptions) -> WarmResult:
     """Pull exactly the digests of ``lock``, each recorded under its locked name.
 
-    Each image is asked for as ``REPO:TAG@DIGEST``: the registry is asked for the digest, never the
-    tag, and a stored digest costs no request at all. Each locked platform is pulled on its own,
-    and the platform manifest it gives is checked against the lock. An image that cannot be had
-    fails naming the image; the others still go on. Referrers the lock lists but the cache lacks
-    are reported in ``missing_referrers`` (they are fetched by the referrers work of issue 18).
+    Each image is asked for as ``REPO@DIGEST`` and recorded under its locked name: the registry is
+    asked for the digest, never the tag, and a stored digest costs no request at all. Each locked
+    platform is pulled on its own, and the platform manifest it gives is checked against the lock.
+    An image that cannot be had fails naming the image; the others still go on. What the lock says
+    travels with an image (referrers, cosign tags) and the cache still lacks after the pull is
+    reported in ``missing_referrers``.
     """
     started = time.monotonic()
     result = WarmResult()
@@ -127,12 +128,13 @@ def warm_locked(store: BlobStore, lock: LockFile, options: PullOptions) -> WarmR
 
 def _pull_locked(store: BlobStore, image: LockedImage, options: PullOptions) -> list[PullReport]:
     source = RegistrySource(image.ref)
+    options = options._replace(name=image.name, all_platforms=False)
     platforms = [(name, digest) for name, digest in image.platforms.items() if digest != image.digest]
     if not platforms:  # a plain manifest: the name's own digest is all there is
-        return [pull(store, source, options._replace(platform=None, all_platforms=False))]
+        return [pull(store, source, options._replace(platform=None))]
     reports = []
     for name, digest in platforms:
-        report = pull(store, source, options._replace(platform=Platform.parse(name), all_platforms=False))
+        report = pull(store, source, options._replace(platform=Platform.parse(name)))
         if report.digest != digest:
             raise DeliveryError(f"{image.name}: platform {name} of {image.digest} is {report.digest}, "
                                 f"the lock says {digest}")

@@ -6,6 +6,7 @@ from cache.errors import BlobNotFound
 from cache.model.digest import Digest
 from cache.model.manifests import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor, compression_of
 from cache.store.blobstore import BlobStore
+from cache.store.diffids import verified_blobs_for
 
 OCI_TYPE_OF = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
 # A registry's gzip blob first: its digest is the one the rest of the world knows; then our zstd.
@@ -18,9 +19,10 @@ def oci_layer_type(media_type: str) -> str:
 
 
 def stored_layer(store: BlobStore, diff_id: Digest) -> Descriptor | None:
-    """A descriptor for a stored blob whose uncompressed sha256 we verified to be ``diff_id``."""
+    """A descriptor for a stored blob whose uncompressed sha256 we verified to be ``diff_id``
+    (a claim a registry pull left pending is checked first: it is never trusted unchecked)."""
     choices = []
-    for blob, media_type in store.index.blobs_for_diff_id(diff_id).items():
+    for blob, media_type in verified_blobs_for(store, diff_id).items():
         if store.has(blob):
             compression = compression_of(media_type)
             choices.append((_PREFERENCE.get(compression, 3), str(blob), blob, compression))

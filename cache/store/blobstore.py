@@ -311,6 +311,9 @@ class BlobStore:
         self.index_path = self.root / "index.json"
         self._index: MetadataIndex | None = None
         self._deferred: DeferredNames | None = None
+        # Pulls record a layer's diff_id as a claim, checked after the command (cache/store/diffids.py);
+        # the command line sets it because it starts that check once it has printed its result.
+        self.defer_diff_ids = False
         self._init_layout()
 
     # -- layout --------------------------------------------------------------------------------

@@ -55,11 +55,21 @@ class CachedImage(NamedTuple):
         return self.manifest.digest
 
     def require_image(self, what: str) -> None:
-        """Refuse, in one line, to do ``what`` (needs a file system) with an OCI artifact."""
+        """Refuse, in one line, to do ``what`` (needs a file system, so its layers' diff_ids) with an
+        OCI artifact, or with a layer whose bytes do not match its diff_id: claims a pull left
+        pending are checked first (cache/store/diffids.py)."""
         kind = self.manifest.artifact_type
         if kind is not None:
             raise LayerhoardError(f"{self.ref} is an OCI artifact ({kind}), not a container image: "
                                   f"{what} needs an image (export it to oci:DIR instead)")
+        if len(self.config.diff_ids) == len(self.layers):  # else the caller's own check says so
+            from cache.store.diffids import require_diff_ids
+
+            pairs = zip(self.layers, self.config.diff_ids, strict=True)
+            try:
+                require_diff_ids(self.store, [(layer.digest, diff_id, layer.media_type) for layer, diff_id in pairs])
+            except BlobNotFound as error:
+                raise evicted_while_read(self.ref, error) from None
 
     @property
     def layers(self) -> tuple[Descriptor, ...]:

@@ -8,6 +8,9 @@ Keys, one namespace each:
   blob/<digest>      {"size", "media_type", "blake3", "stored_at", "last_used", "source"}
   diffid/<diff_id>   {"<blob digest>": "<media type>", ...}  blobs whose uncompressed sha256 we computed
   blobdiff/<digest>  "<diff_id>"
+  pending/<digest>   {"diff_id", "media_type", "since"}  a layer stored with the diff_id its config
+                     claims, not yet hashed here (cache/ingest/diffids.py); never read as a pair
+  baddiff/<digest>   {"<claimed diff_id>": "<what its bytes are>", ...}  claims its bytes refuted
   image/<ref>        {"ref", "digest", "media_type", "size", "platform", "source", "stored_at", "last_used"}
   pin/<ref>          "<time pinned>"  (caches made before pins.json only: cache/store/pins.py)
   stat/<name>        integer counters
@@ -144,6 +147,8 @@ class MetadataIndex:
         """Forget a blob and every diff_id pair that names it."""
         with self._cache.transact(retry=True):
             self._cache.delete(f"blob/{digest}")
+            self._cache.delete(f"pending/{digest}")
+            self._cache.delete(f"baddiff/{digest}")
             diff_id = self._get(f"blobdiff/{digest}")
             self._cache.delete(f"blobdiff/{digest}")
             if isinstance(diff_id, str):
@@ -182,6 +187,52 @@ class MetadataIndex:
     def diff_id_of(self, blob: Digest) -> Digest | None:
         value = self._get(f"blobdiff/{blob}")
         return parse_digest(value) if isinstance(value, str) else None
+
+    # -- claims not yet checked, and claims refuted (cache/ingest/diffids.py) ---------------------
+    def record_pending_diff_id(self, blob: Digest, diff_id: Digest, media_type: str) -> None:
+        """A stored layer whose config says it uncompresses to ``diff_id``, not hashed here yet.
+        Kept apart from the pairs above: nothing that reads pairs sees it until it is settled."""
+        self._set(f"pending/{blob}", {"diff_id": str(diff_id), "media_type": media_type, "since": time.time()})
+
+    def pending_diff_id(self, blob: Digest) -> tuple[Digest, str] | None:
+        """The claimed diff_id and media type of a layer not checked yet, or None."""
+        value = self._get(f"pending/{blob}")
+        if not isinstance(value, dict) or not isinstance(value.get("diff_id"), str):
+            return None
+        return parse_digest(value["diff_id"]), str(value.get("media_type") or "")
+
+    def pending_diff_ids(self) -> dict[Digest, tuple[Digest, str]]:
+        """Every layer whose claimed diff_id is not checked yet: blob -> (diff_id, media type)."""
+        pending = {}
+        for name, value in self._iter("pending/"):
+            if isinstance(value, dict) and isinstance(value.get("diff_id"), str):
+                pending[parse_digest(name)] = (parse_digest(value["diff_id"]), str(value.get("media_type") or ""))
+        return pending
+
+    def settle_diff_id(self, blob: Digest, claimed: Digest, actual: Digest | None, media_type: str,
+                       refuted_by: str = "") -> None:
+        """Close a pending claim in one transaction: record the pair when ``actual`` is the claimed
+        diff_id, else remember the refuted claim (``refuted_by`` says what the bytes are)."""
+        with self._cache.transact(retry=True):
+            pending = self.pending_diff_id(blob)
+            if pending is not None and pending[0] == claimed:
+                self._cache.delete(f"pending/{blob}")
+            if actual == claimed:
+                self.record_diff_id(blob, claimed, media_type)
+                return
+            refuted = self._get(f"baddiff/{blob}") or {}
+            refuted[str(claimed)] = refuted_by or f"uncompresses to {actual}"
+            self._set(f"baddiff/{blob}", refuted)
+
+    def refuted_diff_ids(self) -> dict[Digest, dict[str, str]]:
+        """Every claim whose bytes were found not to match: blob -> {claimed diff_id: what they are}."""
+        return {parse_digest(name): value for name, value in self._iter("baddiff/") if isinstance(value, dict)}
+
+    def refuted_diff_id(self, blob: Digest, claimed: Digest) -> str | None:
+        """What ``blob``'s bytes were found to be when ``claimed`` was checked, or None."""
+        value = self._get(f"baddiff/{blob}")
+        found = value.get(str(claimed)) if isinstance(value, dict) else None
+        return found if isinstance(found, str) else None
 
     # -- content-graph edges (cache/store/graph.py) -------------------------------------------------------
     def add_edge(self, kind: str, parent: Digest, child: Digest, note: str = "") -> None:

@@ -61,10 +61,12 @@ def image_list(store: BlobStore, contents: Contents | None = None) -> dict[str, 
     contents = Contents.read(store) if contents is None else contents
     pins = pinned_refs(store)
     records = dict(store.index.images())  # one query, not one per image
+    unverified, mismatched = _unsettled(store)
     rows = []
     for entry in store.images():
         ref = ref_name_of(entry) or ""
         record = records.get(ref) or {}
+        blobs = _image_blobs(store, contents, entry.get("digest"))
         rows.append({
             "ref": ref,
             "digest": entry.get("digest"),
@@ -74,16 +76,33 @@ def image_list(store: BlobStore, contents: Contents | None = None) -> dict[str, 
             "source": record.get("source"),
             "last_used": record.get("last_used"),
             "pinned": ref in pins,
+            "diff_ids_unverified": len(blobs & unverified),
+            "diff_ids_mismatched": len(blobs & mismatched),
         })
     return {"images": rows}
+
+
+def _unsettled(store: BlobStore) -> tuple[set[Digest], set[Digest]]:
+    """Layers whose diff_id a pull left to check later, and layers whose bytes refuted their
+    config's diff_id (cache/store/diffids.py)."""
+    return set(store.index.pending_diff_ids()), set(store.index.refuted_diff_ids())
+
+
+def _image_blobs(store: BlobStore, contents: Contents, digest: object) -> set[Digest]:
+    try:
+        return contents.blobs(store, parse_digest(digest))  # type: ignore[arg-type]
+    except InvalidDigest:
+        return set()
 
 
 def disk_usage(store: BlobStore, contents: Contents | None = None) -> dict[str, Any]:
     """``du --json``: blob bytes, blobs, images, and the bytes layer sharing saves."""
     contents = Contents.read(store) if contents is None else contents
     result = usage(store, contents.sizes, contents.graph, contents.known)
+    unverified, mismatched = _unsettled(store)
     return {"bytes": result.bytes, "blobs": result.blobs, "images": result.images,
-            "image_bytes": result.image_bytes, "dedup_saved_bytes": result.dedup_saved}
+            "image_bytes": result.image_bytes, "dedup_saved_bytes": result.dedup_saved,
+            "diff_ids_unverified": len(unverified), "diff_ids_mismatched": len(mismatched)}
 
 
 def prune_preview(store: BlobStore, max_size: int, contents: Contents | None = None) -> dict[str, Any]:

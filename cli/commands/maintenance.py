@@ -32,7 +32,20 @@ def ls_command(ctx: Context) -> None:
             f"{_when(row['last_used']):16} "  # type: ignore[arg-type]
             f"{'yes' if row['pinned'] else ''}"
         )
+    lines += _unsettled_note(sum(row["diff_ids_unverified"] for row in rows),  # type: ignore[misc]
+                             sum(row["diff_ids_mismatched"] for row in rows))  # type: ignore[misc]
     ctx.result({"images": rows}, "\n".join(lines))
+
+
+def _unsettled_note(unverified: int, mismatched: int) -> list[str]:
+    """What ls and du say about layers whose diff_id is not verified (cache/store/diffids.py)."""
+    notes = []
+    if unverified:
+        notes.append(f"{unverified} layers' diff_ids not yet verified (a pull checks them in the background; "
+                     "`layerhoard verify --diff-ids` checks them now)")
+    if mismatched:
+        notes.append(f"{mismatched} layers do not match their config's diff_id (`layerhoard verify` lists them)")
+    return notes
 
 
 @click.command("du")
@@ -42,27 +55,39 @@ def du_command(ctx: Context) -> None:
     data = disk_usage(ctx.store)
     text = (f"{format_size(data['bytes'])} in {data['blobs']} blobs for {data['images']} images "
             f"(dedup saved {format_size(data['dedup_saved_bytes'])})")
-    ctx.result(data, text)
+    ctx.result(data, "\n".join([text, *_unsettled_note(data["diff_ids_unverified"], data["diff_ids_mismatched"])]))
 
 
 @click.command("verify")
 @click.option("--fast", "mode", flag_value="fast", default=True, help="Check blake3 recorded at ingest (default).")
 @click.option("--full", "mode", flag_value="full", help="Check sha256 against each blob's name.")
+@click.option("--diff-ids", "mode", flag_value="diff-ids",
+              help="Only check the layers' diff_ids that pulls left to check later (pull starts this itself).")
 @click.option("--repair", is_flag=True, help="Also forget corrupt blobs so the next pull fetches them again.")
 @pass_context
 def verify_command(ctx: Context, mode: str, repair: bool) -> None:
-    """Re-hash every blob; corrupt ones are moved aside and never served."""
-    checked, corrupt = ctx.store.verify(full=mode == "full", repair=repair)
+    """Re-hash every blob (corrupt ones are moved aside and never served), then check every diff_id
+    a pull left to check later; report the layers whose bytes do not match their config's diff_id."""
+    from cache.store.diffids import settle_claims
+
+    checked, corrupt = (0, []) if mode == "diff-ids" else ctx.store.verify(full=mode == "full", repair=repair)
+    claims = settle_claims(ctx.store, wait=mode != "diff-ids")  # the background check leaves busy ones
     data = {
         "checked": checked,
         "mode": mode,
         "corrupt": [{"digest": str(c.digest), "reason": c.reason, "moved_to": str(c.moved_to)} for c in corrupt],
         "repaired": repair,
+        "diff_ids": claims.to_json(),
     }
     lines = [f"corrupt: {c.digest}: {c.reason} (moved to {c.moved_to})" for c in corrupt]
-    lines.append(f"checked {checked} blobs ({mode}): {len(corrupt)} corrupt")
+    lines += [f"diff_id mismatch: layer {c.blob} {c.found}, but its config says {c.diff_id}" for c in claims.refuted]
+    if mode != "diff-ids":
+        lines.append(f"checked {checked} blobs ({mode}): {len(corrupt)} corrupt")
+    if mode == "diff-ids" or claims.checked or claims.pending:
+        lines.append(f"checked {len(claims.checked)} diff_ids left to check by pulls: "
+                     f"{len(claims.refuted)} mismatches on record, {claims.pending} still being checked")
     ctx.result(data, "\n".join(lines))
-    if corrupt:
+    if corrupt or claims.refuted:
         raise SystemExit(1)
 
 

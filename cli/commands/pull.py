@@ -109,6 +109,14 @@ def _summary(report: PullReport) -> str:
             f"in {report.seconds:.2f}s")
 
 
+def _check_claims(ctx: Context, reports: list[PullReport]) -> None:
+    """The diff_id claims these pulls left, checked by a detached process now that the result is out."""
+    if any(not layer.diff_id_verified for report in reports for layer in report.layers):
+        from cache.store.diffids import start_background_check
+
+        start_background_check(ctx.store)
+
+
 @click.command("pull")
 @click.argument("source")
 @pull_options
@@ -122,11 +130,13 @@ def pull_command(ctx: Context, source: str, platform: str | None, all_platforms:
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
                        _floor(min_speed, min_speed_time), name)
     options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
+    ctx.store.defer_diff_ids = True  # checked once the result is out: _check_claims
     report = pull(ctx.store, source, options)
     if ctx.verbose and report.route is not None:
         ctx.log(f"layers read through {report.route}" + (f" ({report.fallback})" if report.fallback else ""))
     ctx.result(report.to_json(), _summary(report))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
+    _check_claims(ctx, [report])
     apply_after_write(ctx.store, report.bytes_fetched)  # the standing prune policy, in the background
 
 
@@ -174,13 +184,14 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
         raise click.UsageError("name images to warm, or give -f FILE, --from-zarf ZARF_YAML or --locked LOCK_FILE")
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
                        _floor(min_speed, min_speed_time))
+    options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
+    ctx.store.defer_diff_ids = True  # checked once the result is out (or by --export/--sbom-dir first)
     if locked is not None:
         from cache.delivery.lock import read_lock
 
         result = warm_locked(ctx.store, read_lock(locked), options)
     else:
-        options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
-    result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
+        result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
     if lock_to is not None and not result.failures:
         from cache.delivery.lock import lock_images
 
@@ -211,6 +222,7 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
                      + (f", SBOMs in {sbom_dir}" if sbom_dir else ""))
     ctx.result(data, "\n".join(lines))
     finish_remote(ctx, options.remote)  # background pushes to the remote end before the command does
+    _check_claims(ctx, result.reports)
     apply_after_write(ctx.store, result.bytes_fetched)  # the standing prune policy, in the background
     if result.failures:
         raise SystemExit(1)
