@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "remote": ("bench.remote", "a second machine's pull from the remote tier against one from the origin"),
     "prune": ("bench.prune", "prune of 10,000 blobs / 500 images; the policy check's cost after a write"),
     "scale": ("bench.scale", "ls, du, gc, prune, verify at 10,000 images; one more image, full cache vs empty"),
+    "view": ("bench.view", "the web view's page at 2,000 images against ls + du + stats"),
     "workload": ("bench.workload", "a Big-Bang-like build end to end against skopeo/docker save (issue 8)"),
     "delivery": ("bench.delivery", "two air-gapped deliveries of 20 images: delta bundle bytes against skopeo"),
 }

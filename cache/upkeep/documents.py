@@ -24,7 +24,7 @@ from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
 from cache.store.images import blobs_of
 from cache.store.pins import pins as pinned_refs
-from cache.upkeep.gc import scan_blobs, usage
+from cache.upkeep.gc import BlobFacts, scan_blobs, usage
 from cache.upkeep.prune import PrunePolicy, plan_prune
 
 
@@ -35,10 +35,12 @@ class Contents:
     sizes: dict[Digest, int]
     graph: ContentGraph
     known: dict[Digest, set[Digest]] = field(default_factory=dict)
+    mtimes: dict[Digest, float] = field(default_factory=dict)  # from the same listing as ``sizes``
 
     @classmethod
     def read(cls, store: BlobStore) -> Contents:
-        return cls(scan_blobs(store)[0], ContentGraph.load(store))
+        sizes, mtimes = scan_blobs(store)
+        return cls(sizes, ContentGraph.load(store), mtimes=mtimes)
 
     def blobs(self, store: BlobStore, root: Digest) -> set[Digest]:
         """Every blob ``root`` reaches (its manifests, config, layers, derived blobs, referrers)."""
@@ -108,7 +110,10 @@ def disk_usage(store: BlobStore, contents: Contents | None = None) -> dict[str, 
 def prune_preview(store: BlobStore, max_size: int, contents: Contents | None = None) -> dict[str, Any]:
     """``prune --max-size MAX_SIZE --dry-run --json`` (the default grace, no keep rules): what a
     prune would evict and free now. Planned without prune's lock, so it writes nothing at all."""
-    known = None if contents is None else contents.known
-    plan = plan_prune(store, PrunePolicy(max_size=max_size), known=known)
+    if contents is None:
+        plan = plan_prune(store, PrunePolicy(max_size=max_size))
+    else:  # the same listing of blobs/ the other documents used: sizes agree, and no second listing
+        facts = BlobFacts.gather(store, (contents.sizes, contents.mtimes))
+        plan = plan_prune(store, PrunePolicy(max_size=max_size), known=contents.known, facts=facts)
     plan.dry_run = True
     return plan.to_json()

@@ -114,8 +114,10 @@ class BlobFacts:
     ingest: dict[str, float]  # ingest file name -> mtime
 
     @classmethod
-    def gather(cls, store: BlobStore) -> BlobFacts:
-        sizes, mtimes = scan_blobs(store)
+    def gather(cls, store: BlobStore,
+               scanned: tuple[dict[Digest, int], dict[Digest, float]] | None = None) -> BlobFacts:
+        """``scanned``: what :func:`scan_blobs` returned just now, when the caller has it."""
+        sizes, mtimes = scan_blobs(store) if scanned is None else scanned
         ingest = {}
         for entry in store.ingest_folder.names():
             with contextlib.suppress(FileNotFoundError):

@@ -163,12 +163,13 @@ def _entries(store: BlobStore, known: dict[Digest, set[Digest]], graph: ContentG
 
 
 def plan_prune(store: BlobStore, policy: PrunePolicy, now: float | None = None,
-               known: dict[Digest, set[Digest]] | None = None) -> PrunePlan:
-    """What a prune with ``policy`` would remove now (nothing is changed)."""
+               known: dict[Digest, set[Digest]] | None = None, facts: BlobFacts | None = None) -> PrunePlan:
+    """What a prune with ``policy`` would remove now (nothing is changed). ``known`` and ``facts``:
+    blobs per root and blob facts the caller gathered just now (the web view's preview)."""
     now = time.time() if now is None else now
     known = {} if known is None else known
     cutoff = now - policy.grace
-    facts = BlobFacts.gather(store)
+    facts = BlobFacts.gather(store) if facts is None else facts
     sizes = facts.sizes
     plan = PrunePlan(bytes_before=sum(sizes.values()))
     graph = ContentGraph.load(store)

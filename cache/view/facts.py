@@ -12,7 +12,6 @@ only when a size was asked for. Nothing here writes.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +78,12 @@ def gather(store: BlobStore, max_size: str = "") -> ViewFacts:
     roots = [_root(row["digest"]) for row in listing]
     reach = {row["ref"]: contents.known.get(root, set()) if root else set()
              for row, root in zip(listing, roots, strict=True)}
-    owners: Counter[Digest] = Counter()
-    for root in dict.fromkeys(root for root in roots if root is not None):  # two names, one image: once
-        owners.update(contents.known.get(root, set()))
+    holders = _holders(contents, roots)
     counts = package_counts(store, reach)
-    images = [_image(store, contents, row, root, owners, counts.get(row["ref"]))
+    images = [_image(store, contents, row, root, holders, counts.get(row["ref"]))
               for row, root in zip(listing, roots, strict=True)]
-    shared = _shared(contents, roots, owners)
+    shared = sorted((SharedBlob(blob, contents.sizes.get(blob, 0), images) for blob, images in holders.items()
+                     if len(images) > 1), key=lambda blob: (-blob.saved, blob.digest))
     facts = ViewFacts(images, usage, stats(store, _usage_of(usage)), timeline(store), shared[:SHARED_BLOBS_SHOWN],
                       len(shared), max_size.strip())
     if limit is not None:
@@ -114,12 +112,26 @@ def _usage_of(document: dict[str, Any]) -> Usage:
     return Usage(document["blobs"], document["bytes"], document["images"], document["image_bytes"])
 
 
+def _holders(contents: Contents, roots: list[Digest | None]) -> dict[Digest, list[int]]:
+    """Every blob an image reaches -> the positions of the images reaching it (an image named
+    twice counts once: at its first name)."""
+    holders: dict[Digest, list[int]] = {}
+    seen: set[Digest] = set()
+    for position, root in enumerate(roots):
+        if root is None or root in seen:
+            continue
+        seen.add(root)
+        for blob in contents.known.get(root, ()):
+            holders.setdefault(blob, []).append(position)
+    return holders
+
+
 def _image(store: BlobStore, contents: Contents, row: dict[str, Any], root: Digest | None,
-           owners: Counter[Digest], packages: int | None) -> ImageFacts:
+           holders: dict[Digest, list[int]], packages: int | None) -> ImageFacts:
     blobs = contents.known.get(root, set()) if root else set()
-    own = sum(contents.sizes.get(blob, 0) for blob in blobs if owners[blob] == 1)
-    referrers = [note or "(no artifactType)" for blob in sorted(blobs)
-                 for note in contents.graph.referrers.get(str(blob), {}).values()]
+    own = sum(contents.sizes.get(blob, 0) for blob in blobs if len(holders[blob]) == 1)
+    edges = contents.graph.referrers  # Digest is a str: looked up as it is
+    referrers = sorted(note or "(no artifactType)" for blob in blobs if blob in edges for note in edges[blob].values())
     kind = str(row.get("source") or "-").split(":", 1)[0]  # as `ls` shows it
     return ImageFacts(row, kind, _platforms(store, row, root), referrers, own, packages)
 
@@ -136,18 +148,3 @@ def _platforms(store: BlobStore, row: dict[str, Any], root: Digest | None) -> li
             return [str(entry.platform) for entry in parsed.manifests
                     if entry.platform is not None and store.has(entry.digest)]
     return [str(row["platform"])] if row.get("platform") else []
-
-
-def _shared(contents: Contents, roots: list[Digest | None], owners: Counter[Digest]) -> list[SharedBlob]:
-    """Blobs more than one image reaches, the most saving first, with the images reaching them."""
-    members: dict[Digest, list[int]] = {}
-    seen: set[Digest] = set()
-    for position, root in enumerate(roots):
-        if root is None or root in seen:
-            continue
-        seen.add(root)
-        for blob in contents.known.get(root, set()):
-            if owners[blob] > 1:
-                members.setdefault(blob, []).append(position)
-    shared = [SharedBlob(blob, contents.sizes.get(blob, 0), sorted(images)) for blob, images in members.items()]
-    return sorted(shared, key=lambda blob: (-blob.saved, str(blob.digest)))
