@@ -1,7 +1,9 @@
-"""SIGKILL at a random moment (0 to 0.5 s) during registry pulls, daemon pulls, prune and gc, 120 times.
+"""SIGKILL at a random moment (0 to 0.5 s) during pulls, prune and gc, 120 times.
 
-After every kill: index.json parses, every image it lists is complete, every blob hashes to its
-name (nothing partial is visible), and the same command then succeeds. At the end gc removes the
+The pulls are every way in through the one commit path (cache/ingest/commit.py): a registry
+image, a two-platform index with --all-platforms, an OCI layout's index, and a daemon image.
+After every kill: index.json parses, no name points at a graph with a missing blob, every blob
+hashes to its name (nothing partial is visible), and the same command then succeeds. At the end gc removes the
 leftovers and a final pull works. Commands run in forked children (the code already loaded), so a
 kill lands in the work itself rather than in interpreter start-up.
 """
@@ -25,7 +27,7 @@ import cli.commands.pull  # noqa: F401
 from cache.store.blobstore import BlobStore
 from cache.upkeep.gc import gc
 from cli.main import main
-from tests.images import build_image, load_into_daemon, random_layer
+from tests.images import build_image, build_index, load_into_daemon, push, random_layer
 from tests.lifecycle_support import assert_store_sound, push_images, run_cli
 from tests.services import Daemon, Registry
 
@@ -44,7 +46,14 @@ def sources(registry: Registry, dockerd: Daemon, tmp_path_factory: pytest.TempPa
     })
     image = build_image(root / "daemon", [random_layer(3_000_000, 1304), random_layer(500_000, 1305)], tag="t")
     load_into_daemon(image.layout, "t", dockerd, "lh/crash:1")
-    return {"registry": [p.ref for p in pushed.values()], "daemon": ["docker-daemon:lh/crash:1"]}
+    platforms = [("linux", "amd64"), ("linux", "arm64")]
+    layout = root / "multi"
+    images = [build_image(layout, [base, random_layer(2_500_000, 1306 + i)], tag=f"p{i}", platform=platform,
+                          write_tag=False) for i, platform in enumerate(platforms)]
+    build_index(layout, images, platforms, "multi")
+    multi = push(layout, "multi", registry, "crash/multi:1", all_platforms=True)
+    return {"registry": [p.ref for p in pushed.values()], "daemon": ["docker-daemon:lh/crash:1"],
+            "multi": [multi], "layout": [f"oci:{layout}:multi"]}
 
 
 def _child(cache: str, args: list[str]) -> None:
@@ -73,20 +82,22 @@ def test_sigkill_at_random_moments(sources: dict[str, list[str]], dockerd: Daemo
     commands = {
         "pull": lambda: ["pull", rng.choice(sources["registry"])],
         "daemon": lambda: ["pull", "--docker-host", dockerd.host, sources["daemon"][0]],
+        "multi": lambda: ["pull", "--all-platforms", sources["multi"][0]],
+        "layout": lambda: ["pull", sources["layout"][0]],
         "prune": lambda: ["prune", "--all", "--grace", "0s"],
         "gc": lambda: ["gc", "--grace", "0s"],
     }
     # How long each command takes here when it has work to do, so the kill moment (at most 0.5 s)
     # falls inside it: a kill after the command ended would test nothing.
     took = {}
-    for kind in ("pull", "daemon", "gc", "pull", "prune"):
+    for kind in ("pull", "daemon", "multi", "layout", "gc", "pull", "prune"):
         begun = time.monotonic()
         assert run_forked(cache, commands[kind](), None) == 0, kind
         took[kind] = min(0.5, time.monotonic() - begun)
     for run in range(RUNS):
-        kind = ("pull", "daemon", "prune", "gc")[run % 4]
+        kind = ("pull", "daemon", "prune", "multi", "gc", "layout")[run % 6]
         args = commands[kind]()
-        if kind in ("pull", "daemon") and rng.random() < 0.8:  # mostly something to fetch
+        if kind in ("pull", "daemon", "multi", "layout") and rng.random() < 0.8:  # mostly something to fetch
             assert run_forked(cache, ["prune", "--all", "--grace", "0s"], None) == 0
         elif kind == "prune":  # something to delete
             assert run_forked(cache, commands["pull"](), None) == 0
