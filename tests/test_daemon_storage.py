@@ -29,6 +29,7 @@ from cache.errors import DirectReadRefused, LayerhoardError
 from cache.formats.tar_split import FileEntry, Segment, confined_parts, records
 from cache.model.digest import Digest, parse_digest
 from cache.model.refs import DaemonSource
+from cache.sources import dockerd_storage
 from cache.sources.daemon import pull_from_daemon
 from cache.sources.dockerd_storage import chain_ids, daemon_storage
 from cache.store.blobstore import BlobStore
@@ -152,7 +153,7 @@ def _pull_refused_or_right(dockerd: Daemon, store: BlobStore, name: str, why: st
         report = pull_from_daemon(store, DaemonSource(name), docker_host=dockerd.host)
     except LayerhoardError as error:
         assert "\n" not in str(error)
-        assert os.listdir(store.blobs_dir) == []  # nothing stored, nothing partial
+        assert os.listdir(store.blobs_dir) == [] and os.listdir(store.ingest_dir) == []  # nothing, not even partly
         assert store.index.blobs_for_diff_id(parse_digest(_inspect(dockerd, name)["RootFS"]["Layers"][-1])) == {}
         return
     assert report.route == "docker save" and why in (report.fallback or "")
@@ -178,6 +179,30 @@ def test_a_symlink_out_of_the_diff_folder_is_not_followed(
     (diff / "v" / "big.bin").unlink()
     os.symlink(outside, diff / "v" / "big.bin")
     _pull_refused_or_right(dockerd, store, "lh/victim:1", "big.bin")
+
+
+def test_a_layer_the_daemon_deletes_while_it_is_read_fails_cleanly(
+    dockerd: Daemon, images: dict[str, str], store: BlobStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The layer's folder goes away after the first file was read (as `docker rmi` would remove it)."""
+    _, diff = _layer_folder(dockerd, images["built"])
+    aside = tmp_path / "aside"
+    original = dockerd_storage._DiffFolder.open
+    opened: list[bytes] = []
+
+    def open_then_lose_the_folder(folder: object, name: bytes, size: int) -> int:
+        if opened and not aside.exists():
+            shutil.move(str(diff), aside)
+        opened.append(name)
+        return original(folder, name, size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dockerd_storage._DiffFolder, "open", open_then_lose_the_folder)
+    try:
+        _pull_refused_or_right(dockerd, store, images["built"], "No such file or directory")
+    finally:
+        if aside.exists():
+            shutil.move(str(aside), diff)
+    assert len(opened) >= 2
 
 
 def test_a_tar_split_naming_a_path_outside_is_refused(
