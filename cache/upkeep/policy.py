@@ -13,16 +13,21 @@ one statvfs for min-free-space) and, only when a limit is exceeded, starts a det
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cache.errors import LayerhoardError
 from cache.store.blobstore import BlobStore
 from cache.store.fsutil import file_lock, write_atomic
 from cache.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from cache.upkeep.prune import PrunePolicy
 
 CONFIG_FILE = "config.json"
 
@@ -108,6 +113,22 @@ def _update(root: Path, change: Callable[[dict[str, str]], object]) -> None:
 def policy_limits(config: dict[str, str]) -> dict[str, float]:
     values = {key: validate(key, value) for key, value in config.items()}
     return {key: value for key, value in values.items() if not isinstance(value, str)}
+
+
+def standing_rule(root: Path, rule: PrunePolicy) -> PrunePolicy | None:
+    """``rule`` with the limits it leaves unset taken from the standing policy (``prune --policy``,
+    what the background prune runs); None when the policy sets no size limit (nothing to do)."""
+    limits = policy_limits(load_config(root))
+    if not {"max-size", "min-free-space"} & set(limits):
+        return None
+
+    def limit(given: int | None, key: str) -> int | None:
+        return given if given is not None else (int(limits[key]) if key in limits else None)
+
+    keep_duration = rule.keep_duration if rule.keep_duration is not None else limits.get("keep-duration")
+    return dataclasses.replace(rule, max_size=limit(rule.max_size, "max-size"),
+                               min_free_space=limit(rule.min_free_space, "min-free-space"),
+                               keep_duration=keep_duration)
 
 
 # -- applying after writes ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import click
 
 from cache.store import pins
 from cache.units import format_size, parse_duration, parse_size
-from cache.upkeep.policy import KEYS, ConfigError, load_config, policy_limits, set_value, unset_value
+from cache.upkeep.policy import KEYS, ConfigError, load_config, set_value, standing_rule, unset_value
 from cache.upkeep.prune import PrunePlan, PrunePolicy, prune, resolve_ref
 from cache.upkeep.stats import KINDS, stats
 from cli.output import Context, pass_context
@@ -64,17 +64,6 @@ def prune_command(ctx: Context, max_size: str | None, min_free_space: str | None
     (--max-size, --min-free-space) or --all; --policy takes the limits from `layerhoard config`.
     """
     store = ctx.store
-    if policy:
-        try:
-            limits = policy_limits(load_config(store.root))
-        except ConfigError as error:
-            raise click.UsageError(str(error)) from None
-        if not ({"max-size", "min-free-space"} & set(limits)):
-            ctx.result({"dry_run": dry_run, "images": [], "blobs": [], "freed_bytes": 0}, "no standing size policy")
-            return
-        max_size = max_size or _opt(limits.get("max-size"))
-        min_free_space = min_free_space or _opt(limits.get("min-free-space"))
-        keep_duration = keep_duration or (f"{limits['keep-duration']}s" if "keep-duration" in limits else None)
     rule = PrunePolicy(
         max_size=_int(_parse(parse_size, max_size, "--max-size")),
         min_free_space=_int(_parse(parse_size, min_free_space, "--min-free-space")),
@@ -83,6 +72,15 @@ def prune_command(ctx: Context, max_size: str | None, min_free_space: str | None
         evict_all=evict_all,
         grace=_parse(parse_duration, grace, "--grace") or 0.0,
     )
+    if policy:
+        try:
+            standing = standing_rule(store.root, rule)  # the policy's limits where no option gave one
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from None
+        if standing is None:
+            ctx.result({"dry_run": dry_run, "images": [], "blobs": [], "freed_bytes": 0}, "no standing size policy")
+            return
+        rule = standing
     if not rule.has_limit:
         raise click.UsageError("give --max-size SIZE, --min-free-space SIZE, or --all to evict every "
                                "unprotected image")
@@ -92,10 +90,6 @@ def prune_command(ctx: Context, max_size: str | None, min_free_space: str | None
                    "another prune is running")
         return
     ctx.result(plan.to_json(), _plan_text(plan))
-
-
-def _opt(value: float | None) -> str | None:
-    return None if value is None else str(int(value))
 
 
 def _int(value: float | None) -> int | None:
