@@ -13,12 +13,14 @@ into the big one, so what differs is only what the cache's size adds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import REPO_ROOT, machine, markdown_table
@@ -69,6 +71,25 @@ def build(root: Path, blobs: int, images: int, per_image: int) -> BlobStore:
     return store
 
 
+def cache_parser(name: str, doc: str, images: int, blobs: int) -> argparse.ArgumentParser:
+    """The command line of benchmark ``name`` over a cache made by :func:`build` (scale, view)."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc.splitlines()[0])
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--blobs", type=int, default=blobs)
+    parser.add_argument("--layers", type=int, default=8, help="layers per image")
+    return parser
+
+
+@contextlib.contextmanager
+def synthetic_cache(args: argparse.Namespace, name: str) -> Iterator[tuple[Path, BlobStore, float]]:
+    """A temporary folder holding a cache made by :func:`build` from ``args`` (see
+    :func:`add_cache_options`) as ``<folder>/<name>``: (folder, store, seconds to build)."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("LAYERHOARD_BENCH_DIR")) as folder:
+        started = time.perf_counter()
+        store = build(Path(folder) / name, args.blobs, args.images, args.layers)
+        yield Path(folder), store, time.perf_counter() - started
+
+
 def _cli_seconds(cache: Path, *args: str) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cli.main", "--cache-dir", str(cache), "--json", *args],
@@ -103,17 +124,10 @@ def per_image_seconds(store: BlobStore, sources: list[str]) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--blobs", type=int, default=100_000)
-    parser.add_argument("--layers", type=int, default=8, help="layers per image")
+    parser = cache_parser("scale", __doc__, images=10_000, blobs=100_000)
     parser.add_argument("--warm", type=int, default=200, help="images recorded for the per-image cost")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("LAYERHOARD_BENCH_DIR")) as folder:
-        root = Path(folder)
-        started = time.perf_counter()
-        store = build(root / "big", args.blobs, args.images, args.layers)
-        built = time.perf_counter() - started
+    with synthetic_cache(args, "big") as (root, store, built):
         rows = [[" ".join(command), f"{_cli_seconds(store.root, *command):.2f}"] for command in (
             ("ls",), ("du",), ("gc", "--dry-run"), ("prune", "--dry-run", "--max-size", "1M"),
             ("verify", "--fast"))]

@@ -10,12 +10,10 @@ manifests, sizes and records, never a layer's bytes, so small blobs measure what
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import requests
 
 from bench.common import REPO_ROOT, best_of, machine, markdown_table
-from bench.scale import build
+from bench.scale import cache_parser, synthetic_cache
 from cache.server import ServeOptions, make_server
 from cache.store import pins
 from cache.store.blobstore import BlobStore
@@ -86,20 +84,13 @@ def _served_seconds(store: BlobStore, runs: int) -> tuple[float, int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench view", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--blobs", type=int, default=20_000)
-    parser.add_argument("--layers", type=int, default=8, help="layers per image")
+    parser = cache_parser("view", __doc__, images=2000, blobs=20_000)
     parser.add_argument("--runs", type=int, default=5, help="renders timed; the best is reported")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("LAYERHOARD_BENCH_DIR")) as folder:
-        root = Path(folder)
-        started = time.perf_counter()
-        store = build(root / "cache", args.blobs, args.images, args.layers)
+    with synthetic_cache(args, "cache") as (root, store, built):
         _fill_counters(store, args.images)
         for n in range(0, args.images, 50):
             pins.pin(store, f"example.com/team/app{n}:1")
-        built = time.perf_counter() - started
         load = f"{os.getloadavg()[0]:.1f}"
         first = _render(store, {})
         page = _best_render(store, {}, args.runs)
