@@ -83,7 +83,7 @@ def cache_parser(name: str, doc: str, images: int, blobs: int) -> argparse.Argum
 @contextlib.contextmanager
 def synthetic_cache(args: argparse.Namespace, name: str) -> Iterator[tuple[Path, BlobStore, float]]:
     """A temporary folder holding a cache made by :func:`build` from ``args`` (see
-    :func:`add_cache_options`) as ``<folder>/<name>``: (folder, store, seconds to build)."""
+    :func:`cache_parser`) as ``<folder>/<name>``: (folder, store, seconds to build)."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("LAYERHOARD_BENCH_DIR")) as folder:
         started = time.perf_counter()
         store = build(Path(folder) / name, args.blobs, args.images, args.layers)
