@@ -128,3 +128,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
         return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
 
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+
+
+def print_report(text: str, out: str | None) -> None:
+    """A benchmark's markdown report on stdout, and into ``out`` when one is given (``--out``)."""
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

@@ -140,7 +140,8 @@ def test_two_deliveries_ship_only_the_change_and_the_site_ends_identical(
     print(f"bundle bytes: delivery one {first.stat().st_size}, delivery two {second.stat().st_size}")
     assert second.stat().st_size < first.stat().st_size / 5
 
-    cli(site, "import", f"oci-archive:{second}")
+    imported = json.loads(cli(site, "--json", "import", f"oci-archive:{second}").stdout)
+    assert imported["blobs_imported"] == 4 and imported["assumed"] == len(record["assumes"])
     assert names(site) == names(source)
     assert reachable(site) == reachable(source)  # byte-identical images
 
@@ -374,3 +375,34 @@ def test_a_multi_platform_image_with_a_referrer_is_locked_bundled_and_imported(
     finally:
         site_store.close()
     assert reachable(site) == reachable(source)
+
+
+@pytest.mark.parametrize("index, words", [
+    (b'{"schemaVersion":2,"manifests":[{"mediaType":"m","size":1,"digest":"sha256:../../../etc/passwd"}]}',
+     "invalid digest"),
+    (b'{"schemaVersion":2,"manifests":[{"mediaType":"m","size":-1,"digest":"sha256:' + b"a" * 64 + b'"}]}',
+     "no valid size"),
+    (b"[not json", "is not valid JSON"),
+])
+def test_a_bundle_whose_index_is_bad_is_refused(tmp_path: Path, index: bytes, words: str) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "blobs" / "sha256").mkdir(parents=True)
+    (bundle / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (bundle / "index.json").write_bytes(index)
+    site = tmp_path / "site"
+    assert words in one_line_error(cli(site, "import", f"oci:{bundle}", check=False))
+    assert names(site) == {}
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"inventoryVersion": 1, "blobs": {"sha256:abc": 3}}', "invalid digest"),
+    (b'{"inventoryVersion": 1, "blobs": {"sha256:' + b"a" * 64 + b'": "big"}}', "has no valid size"),
+    (b'{"blobs": {}}', "not a layerhoard inventory"),
+])
+def test_a_bad_inventory_is_a_one_line_error(tmp_path: Path, content: bytes, words: str) -> None:
+    (tmp_path / "inventory.json").write_bytes(content)
+    (tmp_path / "empty.lock").write_text('{"images": {}, "lockVersion": 1}')
+    result = cli(tmp_path / "c", "export", "--locked", str(tmp_path / "empty.lock"), "--exclude-from",
+                 str(tmp_path / "inventory.json"), f"oci:{tmp_path / 'out'}", check=False)
+    assert words in one_line_error(result)
+    assert not (tmp_path / "out").exists()

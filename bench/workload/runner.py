@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, markdown_table
+from bench.common import machine, markdown_table, print_report
 from bench.workload.generator import Generator, Spec, WorkImage, Workload
 from bench.workload.measure import Measured, measure
 from cache.units import format_size, parse_size
@@ -345,9 +345,7 @@ def main(argv: list[str]) -> int:
         registry.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_report(text, args.out)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(data, indent=1) + "\n")
     return 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -186,7 +187,7 @@ def write_bundle(store: BlobStore, plan: BundlePlan, destination: str,
     return report
 
 
-def _write_folder(store: BlobStore, plan: BundlePlan, root: Path, update: Any) -> int:
+def _write_folder(store: BlobStore, plan: BundlePlan, root: Path, update: Callable[[int], None]) -> int:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DeliveryError(f"bundle destination {root} exists and is not an empty folder; "
                             "a bundle goes into a new one")
@@ -198,7 +199,7 @@ def _write_folder(store: BlobStore, plan: BundlePlan, root: Path, update: Any) -
     return sum(f.stat().st_size for f in files) + sum(store.size(d) for d in plan.blobs())
 
 
-def _write_tar(store: BlobStore, plan: BundlePlan, out: BinaryIO, update: Any) -> int:
+def _write_tar(store: BlobStore, plan: BundlePlan, out: BinaryIO, update: Callable[[int], None]) -> int:
     """The bundle as one tar: its own file and index.json first, then the blobs."""
     writer = TarWriter(out)
     writer.add_bytes("oci-layout", json.dumps(LAYOUT_VERSION).encode())

@@ -235,11 +235,11 @@ def open_bundle(source: str) -> Bundle:
 class ImportReport:
     source: str
     images: dict[str, str] = field(default_factory=dict)  # name → digest
-    referrers: int = 0
-    blobs_imported: int = 0
+    referrers: int = 0  # referrers and cosign-tag manifests linked to their subjects
+    blobs_imported: int = 0  # configs and layers stored from the bundle
     bytes_imported: int = 0
-    blobs_reused: int = 0
-    assumed: int = 0
+    blobs_reused: int = 0  # configs and layers the cache held already
+    assumed: int = 0  # blobs the bundle left out, found in the cache
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -263,7 +263,7 @@ def import_bundle(store: BlobStore, source: str, *, jobs: int = 4,
         record = _read_record(bundle)
         report.assumed = _check_assumptions(store, bundle, record)
         plan = _plan(store, bundle, _attached(bundle, record))
-        report.blobs_reused = _check_complete(store, bundle, plan)
+        _check_complete(store, bundle, plan, report)
         _store(store, bundle, plan, report, jobs, progress)
     finally:
         bundle.close()
@@ -385,32 +385,33 @@ def _check_name(bundle: Bundle, name: str) -> None:
         raise DeliveryError(f"{bundle.label}: index.json names an image {name[:200]!r}: {error}") from None
 
 
-def _check_complete(store: BlobStore, bundle: Bundle, plan: _Plan) -> int:
-    """Every config and layer is carried or stored; how many are stored already."""
-    reused = 0
+def _check_complete(store: BlobStore, bundle: Bundle, plan: _Plan, report: ImportReport) -> None:
+    """Every config and layer is cached or carried (counted in ``report`` as reused or imported)."""
+    seen: set[Digest] = set()
     for manifest in plan.manifests.values():
         for blob in (manifest.config, *manifest.layers):
+            if blob.digest in seen:
+                continue
+            seen.add(blob.digest)
+            if store.has(blob.digest):
+                report.blobs_reused += 1
+                continue
             carried = bundle.size(blob.digest)
-            if carried is not None:
-                if carried != blob.size:
-                    raise DeliveryError(f"refusing {bundle.label}: blob {blob.digest} is {carried} bytes, "
-                                        f"manifest {manifest.digest} says {blob.size}; nothing was imported")
-            elif store.has(blob.digest):
-                reused += 1
-            else:
+            if carried is None:
                 raise DeliveryError(f"refusing {bundle.label}: blob {blob.digest} of manifest {manifest.digest} "
                                     "is neither in the bundle nor in the cache; nothing was imported")
-    return reused
+            if carried != blob.size:
+                raise DeliveryError(f"refusing {bundle.label}: blob {blob.digest} is {carried} bytes, "
+                                    f"manifest {manifest.digest} says {blob.size}; nothing was imported")
+            report.blobs_imported += 1
+            report.bytes_imported += carried
 
 
 def _store(store: BlobStore, bundle: Bundle, plan: _Plan, report: ImportReport, jobs: int,
            progress: ProgressFactory) -> None:
     puller = BlobPuller(store, bundle.fetch, bundle.label, jobs=jobs, progress=progress)
     for manifest in plan.manifests.values():
-        pulled = puller.pull_manifest(manifest)
-        fresh = [layer for layer in pulled.layers if not layer.reused]
-        report.blobs_imported += len(fresh)
-        report.bytes_imported += sum(layer.size for layer in fresh)
+        puller.pull_manifest(manifest)
         store.put_bytes(manifest.raw, manifest.media_type, bundle.label)
     for _, top in plan.named:
         store.put_bytes(top.raw, top.media_type, bundle.label)
