@@ -100,6 +100,15 @@ class LayerStorage:
             self._fd = os.open(data_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             raise DirectReadRefused(f"cannot read the daemon's data root {data_root}: {error.strerror}") from None
+        try:
+            os.close(walk(self._fd, ["image", driver, "layerdb"], _DIR_FLAGS))
+        except FileNotFoundError:  # podman answers /info with its containers-storage graph root
+            os.close(self._fd)
+            raise DirectReadRefused(f"{data_root} has no image/{driver}/layerdb: not a dockerd data root "
+                                    "(podman's containers-storage is not read directly)") from None
+        except OSError as error:
+            os.close(self._fd)
+            raise DirectReadRefused(f"cannot read the daemon's data root {data_root}: {error.strerror}") from None
 
     def close(self) -> None:
         os.close(self._fd)
