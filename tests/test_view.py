@@ -28,10 +28,12 @@ from cache.ingest.pull import PullOptions, pull
 from cache.model.digest import sha256_of
 from cache.sbom.records import record_key
 from cache.server import RegistryServer, ServeOptions, make_server
+from cache.server.auth import Authenticator
 from cache.store.blobstore import BlobStore
 from tests.images import build_image, push, random_layer
 from tests.services import Registry, in_thread
 from tests.test_sbom_support import files_from_host, tar_with
+from tests.test_serve_tls_auth import PUSHER, READER, htpasswd_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium")
@@ -256,6 +258,21 @@ def test_hostile_names_are_shown_as_text(store: BlobStore, tmp_path: Path) -> No
     assert [script.get("src") for script in dom.scripts] == ["/view/static/view.js"]  # no script of theirs
     row = dom.rows["localhost/hostile:1"]
     assert HOSTILE in row["platform"] and row["referrers"] == "1"  # shown, as text
+
+
+def test_the_view_asks_for_the_credentials_of_a_pull(filled: dict[str, Any], tmp_path: Path) -> None:
+    """With --htpasswd every user may read the view; nobody without credentials."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_bytes(htpasswd_line(*READER) + htpasswd_line(*PUSHER))
+    with serving(filled["cache"], allow_push=True, auth=Authenticator(str(htpasswd), [PUSHER[0]])) as server:
+        anonymous = requests.get(f"{server.url}/", timeout=60)
+        asset = requests.get(f"{server.url}/view/static/view.css", timeout=60)
+        reader = requests.get(f"{server.url}/", auth=READER, timeout=60)
+        post = requests.post(f"{server.url}/", auth=READER, timeout=60)
+    assert anonymous.status_code == 401 and "Basic" in anonymous.headers["WWW-Authenticate"]
+    assert asset.status_code == 401
+    assert reader.status_code == 200 and set(filled["refs"].values()) <= set(Dom(reader.text).rows)
+    assert post.status_code == 403  # a read-only user: refused before any route
 
 
 def _metrics(url: str) -> dict[str, float]:
