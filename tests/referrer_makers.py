@@ -26,6 +26,8 @@ from tests.images import OCI_INDEX, OCI_MANIFEST, sha256
 
 SBOM_TYPE = "application/vnd.example.sbom.v1+json"
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+DSSE = "application/vnd.dsse.envelope.v1+json"
+PROVENANCE = "https://slsa.dev/provenance/v0.2"
 
 
 @dataclass
@@ -98,14 +100,27 @@ def write_tag_schema(url: str, repo: str, subject: str, referrers: list[Made], a
     return index
 
 
-def cosign_sign(url: str, repo: str, subject: str, identity: str) -> Made:
-    """A cosign-format signature of ``subject`` pushed to its tag ``sha256-<hex>.sig``."""
-    payload = json.dumps({"critical": {"identity": {"docker-reference": identity},
-                                       "image": {"docker-manifest-digest": subject},
-                                       "type": "cosign container image signature"},
-                          "optional": None}).encode()
+def cosign_sign(url: str, repo: str, subject: str, identity: str, suffix: str = "sig") -> Made:
+    """A cosign-format signature of ``subject`` pushed to its tag ``sha256-<hex>.sig``; with
+    ``suffix`` "att", an attestation as cosign writes it: a signed DSSE envelope of an in-toto
+    statement, under ``sha256-<hex>.att``."""
     key = ec.generate_private_key(ec.SECP256R1())
-    signature = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    if suffix == "sig":
+        payload = json.dumps({"critical": {"identity": {"docker-reference": identity},
+                                           "image": {"docker-manifest-digest": subject},
+                                           "type": "cosign container image signature"},
+                              "optional": None}).encode()
+        signature = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+        media_type, annotations = SIMPLESIGNING, {"dev.cosignproject.cosign/signature": signature}
+    else:
+        statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "predicateType": PROVENANCE,
+                                "subject": [{"name": identity, "digest": {"sha256": subject[7:]}}],
+                                "predicate": {"builder": {"id": "tests"}}}).encode()
+        signed = base64.b64encode(key.sign(statement, ec.ECDSA(hashes.SHA256()))).decode()
+        payload = json.dumps({"payloadType": "application/vnd.in-toto+json",
+                              "payload": base64.b64encode(statement).decode(),
+                              "signatures": [{"keyid": "", "sig": signed}]}).encode()
+        media_type, annotations = DSSE, {"dev.cosignproject.cosign/signature": "", "predicateType": PROVENANCE}
     config = json.dumps({"architecture": "", "created": "0001-01-01T00:00:00Z", "os": "",
                          "history": [{"created": "0001-01-01T00:00:00Z"}],
                          "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]}, "config": {}}).encode()
@@ -113,8 +128,8 @@ def cosign_sign(url: str, repo: str, subject: str, identity: str) -> Made:
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
                    "digest": push_blob(url, repo, config)},
-        "layers": [{"mediaType": SIMPLESIGNING, "size": len(payload), "digest": push_blob(url, repo, payload),
-                    "annotations": {"dev.cosignproject.cosign/signature": signature}}],
+        "layers": [{"mediaType": media_type, "size": len(payload), "digest": push_blob(url, repo, payload),
+                    "annotations": annotations}],
     }).encode()
-    put_manifest(url, repo, f"sha256-{subject[7:]}.sig", manifest)
+    put_manifest(url, repo, f"sha256-{subject[7:]}.{suffix}", manifest)
     return Made(manifest, {sha256(config): config, sha256(payload): payload})

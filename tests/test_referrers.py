@@ -20,14 +20,11 @@ from click.testing import CliRunner
 
 from cache.errors import DigestMismatch
 from cache.formats.index_json import REF_NAME
-from cache.ingest.pull import pull
-from cache.ingest.referrers import ReferrerOptions, RegistryReferrers, fetch_referrers
-from cache.ingest.report import ReferrerReport
+from cache.ingest.pull import PullOptions, pull
+from cache.ingest.referrers import ReferrerOptions
 from cache.model.digest import parse_digest
-from cache.registry.client import RegistryClient
 from cache.sbom import SbomRecords
 from cache.sinks import export
-from cache.sources.layout_referrers import LayoutReferrers
 from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
 from cache.store.images import load_image
@@ -37,6 +34,7 @@ from cli.main import main
 from tests.images import build_image, push, random_layer
 from tests.referrer_makers import (
     OCI_INDEX,
+    OCI_MANIFEST,
     SBOM_TYPE,
     SIMPLESIGNING,
     Made,
@@ -44,7 +42,7 @@ from tests.referrer_makers import (
     oras_attach,
     write_tag_schema,
 )
-from tests.services import Registry
+from tests.services import Registry, start_registry
 from tests.test_serve import start
 
 pytestmark = pytest.mark.registry
@@ -74,16 +72,6 @@ def signed(registry: Registry, tmp_path: Path) -> Signed:
     return Signed(registry, tmp_path, f"signed/app{tmp_path.name[-8:].replace('_', '')}")
 
 
-def fetched(store: BlobStore, host: str, repo: str, digest: str,
-            options: ReferrerOptions | None = None) -> list[ReferrerReport]:
-    client = RegistryClient(host)
-    try:
-        return fetch_referrers(store, RegistryReferrers(client, repo), [parse_digest(digest)], f"docker://{host}",
-                               options)
-    finally:
-        client.close()
-
-
 def assert_kept_byte_for_byte(store: BlobStore, made: list[Made]) -> None:
     for referrer in made:
         assert store.read_bytes(parse_digest(referrer.digest)) == referrer.manifest
@@ -93,8 +81,7 @@ def assert_kept_byte_for_byte(store: BlobStore, made: list[Made]) -> None:
 
 def test_a_pull_keeps_every_referrer_byte_for_byte_through_the_tag_schema_and_cosign_tags(
         store: BlobStore, registry: Registry, signed: Signed) -> None:
-    pull(store, signed.ref)
-    reports = fetched(store, registry.host, signed.repo, signed.digest)
+    reports = pull(store, signed.ref).referrers
     assert {(r.digest, r.via, r.subject) for r in reports} == {
         (signed.sbom.digest, "tag-schema", signed.digest),
         (signed.signature.digest, "cosign:sig", signed.digest),
@@ -103,20 +90,42 @@ def test_a_pull_keeps_every_referrer_byte_for_byte_through_the_tag_schema_and_co
     assert not any(r.reused for r in reports)
     assert_kept_byte_for_byte(store, signed.made)
 
-    mark = registry.mark()  # asked again: everything is stored, no blob is fetched
-    again = fetched(store, registry.host, signed.repo, signed.digest)
-    assert all(r.reused for r in again) and len(again) == 3
-    assert registry.blob_requests(mark) == []
+
+def test_a_cached_pull_costs_what_it_did_and_refresh_referrers_picks_up_a_new_signature(
+        store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
+    pull(store, signed.ref)
+    mark = registry.mark()
+    assert pull(store, signed.ref).referrers == []
+    assert [(r.method, r.path) for r in registry.requests(mark)] == [
+        ("GET", f"/v2/{signed.repo}/manifests/1")]  # the one manifest request of a cached pull, as before
+
+    attestation = cosign_sign(registry.url, signed.repo, signed.digest, signed.ref, suffix="att")
+    assert pull(store, signed.ref).referrers == []  # not asked: the image is cached
+    assert not store.has(parse_digest(attestation.digest))
+    mark = registry.mark()
+    result = CliRunner().invoke(main, ["--cache-dir", str(store.root), "--json", "pull", signed.ref,
+                                       "--refresh-referrers"])
+    assert result.exit_code == 0, result.output
+    refreshed = json.loads(result.stdout)["referrers"]
+    assert {(r["digest"], r["via"], r["reused"]) for r in refreshed} == {
+        (signed.sbom.digest, "tag-schema", True), (signed.signature.digest, "cosign:sig", True),
+        (signed.sbom_signature.digest, "cosign:sig", True), (attestation.digest, "cosign:att", False)}
+    assert {r.path.rsplit("/", 1)[-1] for r in registry.blob_requests(mark)} == set(attestation.blobs)
+    assert_kept_byte_for_byte(store, [attestation])
+
+    bare = BlobStore(tmp_path / "bare")  # --no-referrers: not one request about them
+    mark = registry.mark()
+    assert pull(bare, signed.ref, PullOptions(referrers=ReferrerOptions(enabled=False))).referrers == []
+    assert not any("sha256-" in r.path or "/referrers/" in r.path for r in registry.requests(mark))
 
 
 def test_referrers_type_keeps_only_the_asked_artifacts(store: BlobStore, registry: Registry, signed: Signed) -> None:
-    pull(store, signed.ref)
-    sboms = fetched(store, registry.host, signed.repo, signed.digest, ReferrerOptions(types=(SBOM_TYPE,)))
+    sboms = pull(store, signed.ref, PullOptions(referrers=ReferrerOptions(types=(SBOM_TYPE,)))).referrers
     assert [r.digest for r in sboms] == [signed.sbom.digest]
     assert not store.has(parse_digest(signed.signature.digest))
-    signatures = fetched(store, registry.host, signed.repo, signed.digest, ReferrerOptions(types=(SIMPLESIGNING,)))
+    asked = PullOptions(referrers=ReferrerOptions(types=(SIMPLESIGNING,), refresh=True))
+    signatures = pull(store, signed.ref, asked).referrers
     assert [r.digest for r in signatures] == [signed.signature.digest]  # the SBOM's is reached through it
-    assert fetched(store, registry.host, signed.repo, signed.digest, ReferrerOptions(enabled=False)) == []
 
 
 @contextlib.contextmanager
@@ -136,11 +145,10 @@ def tampered(registry: Registry, digest: str) -> Iterator[None]:
 
 def test_a_referrer_whose_bytes_do_not_match_its_digest_is_refused_and_nothing_is_stored(
         store: BlobStore, registry: Registry, signed: Signed) -> None:
-    pull(store, signed.ref)
     payload = next(digest for digest, data in signed.sbom.blobs.items() if data != b"{}")
     for digest in (payload, signed.sbom.digest):  # the SBOM's document, then its manifest
         with tampered(registry, digest), pytest.raises(DigestMismatch):
-            fetched(store, registry.host, signed.repo, signed.digest)
+            pull(store, signed.ref, PullOptions(referrers=ReferrerOptions(refresh=True)))
         assert not store.has(parse_digest(signed.sbom.digest)) and not store.has(parse_digest(payload))
         assert ContentGraph.load(store).referrers.get(signed.digest) is None
 
@@ -148,7 +156,6 @@ def test_a_referrer_whose_bytes_do_not_match_its_digest_is_refused_and_nothing_i
 def test_gc_keeps_a_referrer_with_its_subject_and_drops_it_with_its_subject(
         store: BlobStore, registry: Registry, signed: Signed) -> None:
     pull(store, signed.ref)
-    fetched(store, registry.host, signed.repo, signed.digest)
     every = [parse_digest(d) for made in signed.made for d in [made.digest, *made.blobs]]
     gc(store, grace=0)
     assert all(store.has(digest) for digest in every)
@@ -162,7 +169,6 @@ def test_prune_keeps_referrers_with_a_kept_subject_and_evicts_them_with_an_evict
     other = Signed(registry, tmp_path / "other", f"{signed.repo}-other", seed=5)
     for image in (signed, other):
         pull(store, image.ref)
-        fetched(store, registry.host, image.repo, image.digest)
     blobs = {image.ref: [parse_digest(d) for made in image.made for d in [made.digest, *made.blobs]]
              for image in (signed, other)}
     plan = prune(store, PrunePolicy(evict_all=True, keep=frozenset({other.ref}), grace=0))
@@ -174,7 +180,6 @@ def test_prune_keeps_referrers_with_a_kept_subject_and_evicts_them_with_an_evict
 def test_serve_answers_the_referrers_api_and_the_tag_schema_and_a_pull_from_it_uses_the_api(
         store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
     pull(store, signed.ref)
-    fetched(store, registry.host, signed.repo, signed.digest)
     with start(store, default_registry=registry.host) as server:
         base = f"http://{server.host}/v2/{signed.repo}"
         listed = requests.get(f"{base}/referrers/{signed.digest}", timeout=10).json()
@@ -192,8 +197,7 @@ def test_serve_answers_the_referrers_api_and_the_tag_schema_and_a_pull_from_it_u
             assert sig.content == made.manifest  # as it was fetched
 
         second = BlobStore(tmp_path / "second")
-        pull(second, f"{server.host}/{signed.repo}:1")
-        reports = fetched(second, server.host, signed.repo, signed.digest)
+        reports = pull(second, f"{server.host}/{signed.repo}:1").referrers
         assert {(r.digest, r.via) for r in reports} == {
             (signed.sbom.digest, "referrers-api"), (signed.signature.digest, "cosign:sig"),
             (signed.sbom_signature.digest, "cosign:sig")}
@@ -224,7 +228,6 @@ def test_an_attached_sbom_travels_to_a_second_cache_which_returns_it_without_a_s
         assert [m["digest"] for m in listed["manifests"]] == [attached["attached"]]
         second = BlobStore(tmp_path / "second")
         pull(second, f"{server.host}/{signed.repo}:1")
-        fetched(second, server.host, signed.repo, signed.digest)
     ref = f"{server.host}/{signed.repo}:1"
     reused = sbom_cli(second.root, ref, "-o", str(tmp_path / "second.json"))
     assert not reused["scanned"] and reused["attached"] == attached["attached"]
@@ -236,7 +239,6 @@ def test_an_attached_sbom_travels_to_a_second_cache_which_returns_it_without_a_s
 def test_an_oci_export_pulled_into_a_fresh_cache_still_has_every_referrer(
         store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path) -> None:
     pull(store, signed.ref)
-    fetched(store, registry.host, signed.repo, signed.digest)
     layout = tmp_path / "layout"
     export(store, load_image(store, signed.ref), f"oci:{layout}:app")
     entries = json.loads((layout / "index.json").read_text())["manifests"]
@@ -249,8 +251,7 @@ def test_an_oci_export_pulled_into_a_fresh_cache_still_has_every_referrer(
             assert (layout / "blobs" / "sha256" / digest[7:]).read_bytes() == data
 
     fresh = BlobStore(tmp_path / "fresh")
-    pull(fresh, f"oci:{layout}:app")
-    reports = fetch_referrers(fresh, LayoutReferrers(layout), [parse_digest(signed.digest)], f"oci:{layout}")
+    reports = pull(fresh, f"oci:{layout}").referrers  # the image is the one named entry
     assert {(r.digest, r.via) for r in reports} == {
         (signed.sbom.digest, "layout"), (signed.signature.digest, "cosign:sig"),
         (signed.sbom_signature.digest, "cosign:sig")}
@@ -262,7 +263,6 @@ def test_an_oci_export_pulled_into_a_fresh_cache_still_has_every_referrer(
 
 def test_inspect_shows_what_travels_with_an_image(store: BlobStore, registry: Registry, signed: Signed) -> None:
     pull(store, signed.ref)
-    fetched(store, registry.host, signed.repo, signed.digest)
     result = CliRunner().invoke(main, ["--cache-dir", str(store.root), "--json", "inspect", signed.ref])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
@@ -274,3 +274,38 @@ def test_inspect_shows_what_travels_with_an_image(store: BlobStore, registry: Re
     assert sbom["size"] == len(signed.sbom.manifest) + sum(len(data) for data in signed.sbom.blobs.values())
     missing = CliRunner().invoke(main, ["--cache-dir", str(store.root), "inspect", "nothing:here"])
     assert missing.exit_code == 1 and "is not in the cache" in missing.output
+
+
+@pytest.fixture(scope="module")
+def second_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from start_registry(tmp_path_factory.mktemp("second-registry"))
+
+
+def test_push_cache_carries_them_to_a_second_registry_and_a_teammate_gets_them_from_there(
+        store: BlobStore, registry: Registry, second_registry: Registry, signed: Signed, tmp_path: Path) -> None:
+    pull(store, signed.ref)
+    repo = f"cache{tmp_path.name[-8:].replace('_', '')}"
+    result = CliRunner().invoke(main, ["--cache-dir", str(store.root), "--json", "push-cache", signed.ref,
+                                       "--remote", f"{second_registry.host}/{repo}"])
+    assert result.exit_code == 0, result.output
+    base = f"{second_registry.url}/v2/{repo}"
+    for made in signed.made:  # by digest on that registry, byte for byte
+        assert requests.get(f"{base}/manifests/{made.digest}", timeout=10,
+                            headers={"Accept": OCI_MANIFEST}).content == made.manifest
+        for digest, data in made.blobs.items():
+            assert requests.get(f"{base}/blobs/{digest}", timeout=10).content == data
+    schema = requests.get(f"{base}/manifests/sha256-{signed.digest[7:]}", headers={"Accept": OCI_INDEX}, timeout=10)
+    assert [m["digest"] for m in schema.json()["manifests"]] == [signed.sbom.digest]  # no referrers API there
+    for subject, made in ((signed.digest, signed.signature), (signed.sbom.digest, signed.sbom_signature)):
+        tagged = requests.get(f"{base}/manifests/sha256-{subject[7:]}.sig", headers={"Accept": OCI_MANIFEST},
+                              timeout=10)
+        assert tagged.content == made.manifest
+
+    teammate = BlobStore(tmp_path / "teammate")  # resolves the image through the remote
+    mark = registry.mark()
+    result = CliRunner().invoke(main, ["--cache-dir", str(teammate.root), "--json", "pull", signed.ref,
+                                       "--remote", f"{second_registry.host}/{repo}"])
+    assert result.exit_code == 0, result.output
+    assert registry.requests(mark) == []  # the origin is not asked: the remote holds the image and them
+    assert {r["digest"] for r in json.loads(result.stdout)["referrers"]} == {made.digest for made in signed.made}
+    assert_kept_byte_for_byte(teammate, signed.made)

@@ -23,6 +23,7 @@ from cache.store.images import BlobsEvicted, CachedImage, load_image
 from cache.upkeep.stats import record_pull
 
 if TYPE_CHECKING:
+    from cache.ingest.referrers import ReferrerOptions
     from cache.registry.http import SpeedFloor
     from cache.remote.tier import RemoteTier
 
@@ -38,6 +39,7 @@ class PullOptions(NamedTuple):
     progress: ProgressFactory = no_progress
     remote: RemoteTier | None = None  # the team's remote tier, asked before the origin (cache/remote/tier.py)
     floor: SpeedFloor | None = None  # a registry's speed floor; None: LAYERHOARD_MIN_SPEED[_TIME], else the default
+    referrers: ReferrerOptions | None = None  # signatures, SBOMs... of a registry or oci: image (None: fetched)
     containerd_address: str | None = None  # containerd: names (else CONTAINERD_ADDRESS, else its default socket)
     containerd_root: str | None = None  # containerd's content store, for containerd: and Docker's containerd store
 

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from cache.errors import DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch, SourceError
 from cache.ingest.blobs import BlobPuller
-from cache.ingest.report import ReferrerReport
+from cache.ingest.report import PullReport, ReferrerReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import (
     MAX_MANIFEST_BYTES,
@@ -85,11 +85,13 @@ class ReferrerSource(Protocol):
 
 
 class RegistryReferrers:
-    """A registry repository as a :class:`ReferrerSource`."""
+    """A registry repository as a :class:`ReferrerSource`; ``from_remote``: it is the team's remote
+    tier (cache/remote/), which holds the referrers of the images it was filled with."""
 
-    def __init__(self, client: RegistryClient, repository: str) -> None:
+    def __init__(self, client: RegistryClient, repository: str, from_remote: bool = False) -> None:
         self.client = client
         self.repository = repository
+        self.from_remote = from_remote
 
     def fetch(self, descriptor: Descriptor, offset: int, on_chunk: Callable[[bytes], None],
               on_restart: Callable[[], None]) -> int:
@@ -233,3 +235,26 @@ def fetch_referrers(
     if not options.enabled:
         return []
     return ReferrerFetch(store, source, origin, options).run(subjects)
+
+
+def subjects_to_ask(store: BlobStore, manifests: Iterable[Manifest | Index], options: ReferrerOptions) -> list[Digest]:
+    """The manifests whose referrers a pull asks for: those it is about to store (so a cached pull
+    costs no request more), or every one with ``refresh``. Call it before they are stored."""
+    if not options.enabled:
+        return []
+    return list(dict.fromkeys(m.digest for m in manifests if options.refresh or not store.has(m.digest)))
+
+
+def add_registry_referrers(store: BlobStore, report: PullReport, source: RegistryReferrers, subjects: list[Digest],
+                           options: ReferrerOptions) -> None:
+    """Fetch the referrers of ``subjects`` from a registry into ``report`` (its requests and bytes
+    counted with the pull's)."""
+    if not subjects:
+        return
+    client = source.client
+    received, requests = client.bytes_received, client.request_count
+    report.referrers = fetch_referrers(store, source, subjects, report.source, options)
+    report.bytes_fetched += client.bytes_received - received
+    report.requests += client.request_count - requests
+    if source.from_remote:
+        report.bytes_from_remote += client.bytes_received - received

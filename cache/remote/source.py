@@ -33,6 +33,7 @@ from cache.errors import (
 from cache.formats.compression import CorruptLayer
 from cache.ingest.blobs import BlobPuller
 from cache.ingest.commit import Arrival, commit
+from cache.ingest.referrers import RegistryReferrers
 from cache.ingest.report import PullReport
 from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import Index, Manifest, Platform, parse_manifest_or_index
@@ -78,6 +79,12 @@ class RemoteFirst:
     def pulled(self, store: BlobStore, recorded: Manifest | Index, name: str) -> None:
         if not self._top_from_remote or self.origin.costs()[0]:  # the remote lacked something: fill it
             self.remote.push_later(store, recorded, "docker", name, self.ref)
+
+    def referrers(self) -> RegistryReferrers:
+        """The remote's, when it served the whole image (it was filled with them); else the origin's."""
+        if self._top_from_remote and not self.origin.costs()[0] and self.remote.readable:
+            return RegistryReferrers(self.remote.client, self.remote.spec.repository, from_remote=True)
+        return self.origin.referrers()
 
 
 def pull_through_remote(

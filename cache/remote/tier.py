@@ -19,6 +19,7 @@ blob it is still sending.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections.abc import Callable
@@ -27,9 +28,11 @@ from dataclasses import dataclass, field
 
 from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, LayerhoardError, SourceError
 from cache.ingest.blobs import Fetch
+from cache.ingest.referrers import RegistryReferrers
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import (
     ACCEPT_ALL,
+    OCI_INDEX,
     Descriptor,
     Index,
     Manifest,
@@ -42,6 +45,7 @@ from cache.registry import push
 from cache.registry.client import RegistryClient, RetryPolicy
 from cache.registry.http import Timeout
 from cache.remote.address import INDEX_KEY, RemoteSpec, platform_key, remote_tag
+from cache.store.attachments import attached_to, attachments
 from cache.store.blobstore import BlobStore
 
 # A remote that is down must cost seconds, not the origin's patient minutes of retries.
@@ -260,13 +264,7 @@ class RemoteTier:
             outcomes = list(pool.map(lambda item: self._push_blob(store, item[0], item[1], mount_from),
                                      blobs.items()))
         for outcome, size in zip(outcomes, blobs.values(), strict=True):
-            if outcome == "uploaded":
-                summary.blobs_uploaded += 1
-                summary.bytes_uploaded += size
-            elif outcome == "mounted":
-                summary.blobs_mounted += 1
-            else:
-                summary.blobs_present += 1
+            _count(summary, outcome, size)
         tagged = "@" not in name  # a pull by digest is found by digest: no tag needed
         for manifest in manifests:
             if manifest is not top:  # an index's children first: registries check that they exist
@@ -280,6 +278,36 @@ class RemoteTier:
                                                         else str(top.digest))
         elif not tagged and isinstance(top, Manifest):
             summary.manifests_put += self._put_manifest(top, str(top.digest))
+        self._push_attachments(store, top, summary)
+
+    def _push_attachments(self, store: BlobStore, top: Manifest | Index, summary: PushSummary) -> None:
+        """What travels with the image, after it (registries may refuse a subject they lack): each
+        referrer's blobs, then the referrer by digest, and the remote's tag schema where it has no
+        referrers API; each cosign manifest under its tag."""
+        attached = attachments(store, [top.digest])
+        for item in attached:
+            for blob in (item.manifest.config, *item.manifest.layers):
+                _count(summary, self._push_blob(store, blob.digest, blob.size, None), blob.size)
+            summary.manifests_put += self._put_manifest(item.manifest, item.cosign_tag or str(item.digest))
+        for subject in dict.fromkeys(item.subject for item in attached if item.cosign_tag is None):
+            summary.manifests_put += self._keep_tag_schema(store, subject)
+
+    def _keep_tag_schema(self, store: BlobStore, subject: Digest) -> int:
+        """Add the subject's referrers to the remote's ``sha256-<hex>`` index, as the distribution
+        spec asks of a client pushing to a registry without the referrers API; 1 if put."""
+        listing = RegistryReferrers(self.client, self.spec.repository).listing(subject, ())
+        if listing.via == "referrers-api":
+            return 0  # the registry lists them itself
+        listed = {descriptor.digest: {**descriptor.to_json(), **({"artifactType": kind} if kind else {})}
+                  for descriptor, kind in listing.entries}
+        ours = {item.digest: item.descriptor() for item in attached_to(store, subject) if item.via == "referrer"}
+        if ours.keys() <= listed.keys():
+            return 0
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                            "manifests": [d for _, d in sorted({**listed, **ours}.items())]},
+                           separators=(",", ":")).encode()
+        push.put_manifest(self.client, self.spec.repository, f"sha256-{subject.hex}", index, OCI_INDEX)
+        return 1
 
     def _push_blob(self, store: BlobStore, digest: Digest, size: int, mount_from: str | None) -> str:
         repository = self.spec.repository
@@ -303,6 +331,16 @@ class RemoteTier:
             return 0
         push.put_manifest(self.client, self.spec.repository, reference, manifest.raw, manifest.media_type)
         return 1
+
+
+def _count(summary: PushSummary, outcome: str, size: int) -> None:
+    if outcome == "uploaded":
+        summary.blobs_uploaded += 1
+        summary.bytes_uploaded += size
+    elif outcome == "mounted":
+        summary.blobs_mounted += 1
+    else:
+        summary.blobs_present += 1
 
 
 def _manifests_of(store: BlobStore, top: Manifest | Index) -> list[Manifest]:

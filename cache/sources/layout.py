@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidRe
 from cache.formats.index_json import REF_NAME
 from cache.ingest.blobs import BlobPuller, Fetch
 from cache.ingest.commit import Arrival, commit
+from cache.ingest.referrers import ReferrerOptions, fetch_referrers, subjects_to_ask
 from cache.ingest.report import PullReport
 from cache.model.digest import sha256_of
 from cache.model.manifests import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from cache.ingest.pull import PullOptions
 
 READ_CHUNK = 1 << 20
+_COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(sig|att|sbom)")  # what export oci: names cosign's manifests
 
 
 def parse(body: str) -> LayoutSource:
@@ -41,7 +44,7 @@ def parse(body: str) -> LayoutSource:
 def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
     assert isinstance(source, LayoutSource)
     return pull_from_layout(store, source, platform=options.platform, name=options.name, jobs=options.jobs,
-                            progress=options.progress)
+                            progress=options.progress, referrers=options.referrers)
 
 
 def _read_index(root: Path) -> list[Descriptor]:
@@ -61,6 +64,8 @@ def _read_index(root: Path) -> list[Descriptor]:
 
 def _choose_entry(root: Path, entries: list[Descriptor], ref: str | None) -> Descriptor:
     if ref is None:
+        named = [entry for entry in entries if _named_image(entry)]
+        entries = named if len(named) == 1 else entries  # beside it: its referrers (unnamed), cosign's tags
         if len(entries) != 1:
             names = ", ".join(e.annotations.get(REF_NAME, str(e.digest)) for e in entries) or "none"
             raise ImageNotFound(f"{root} holds {len(entries)} images ({names}); name one as oci:{root}:REF")
@@ -69,6 +74,12 @@ def _choose_entry(root: Path, entries: list[Descriptor], ref: str | None) -> Des
         if entry.annotations.get(REF_NAME) == ref or str(entry.digest) == ref:
             return entry
     raise ImageNotFound(f"no image named {ref!r} in {root}")
+
+
+def _named_image(entry: Descriptor) -> bool:
+    """An entry named as an image: neither a referrer (unnamed) nor a cosign tag."""
+    name = entry.annotations.get(REF_NAME)
+    return bool(name) and _COSIGN_TAG.fullmatch(name or "") is None
 
 
 def cache_name(root: Path, ref: str | None) -> str:
@@ -111,6 +122,7 @@ def pull_from_layout(
     name: str | None = None,
     jobs: int = 2,
     progress: ProgressFactory = no_progress,
+    referrers: ReferrerOptions | None = None,
 ) -> PullReport:
     started = time.monotonic()
     root = Path(source.path)
@@ -131,7 +143,13 @@ def pull_from_layout(
     # bytes_fetched stays 0: a layout on disk is not a registry or the daemon
     arrival = Arrival(str(source), top, [manifest], chosen=manifest, platform=chosen or pulled.config.platform,
                       layers=pulled.layers)
-    return commit(store, arrival, [image_name], started)
+    subjects = subjects_to_ask(store, [top, manifest], referrers or ReferrerOptions())
+    report = commit(store, arrival, [image_name], started)
+    if subjects:  # what export oci: wrote beside the image (cache/sources/layout_referrers.py)
+        from cache.sources.layout_referrers import LayoutReferrers
+
+        report.referrers = fetch_referrers(store, LayoutReferrers(root), subjects, str(source), referrers)
+    return report
 
 
 def _read_manifest(root: Path, descriptor: Descriptor) -> Manifest | Index:

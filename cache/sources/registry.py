@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
 from cache.ingest.blobs import BlobPuller, evicted_while_pulled
 from cache.ingest.commit import Arrival, commit
+from cache.ingest.referrers import ReferrerOptions, RegistryReferrers, add_registry_referrers, subjects_to_ask
 from cache.ingest.report import LayerReport, PullReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
@@ -25,6 +26,7 @@ from cache.model.refs import ImageRef, RegistrySource, Source
 from cache.progress import ProgressFactory, no_progress
 from cache.registry.client import RegistryClient
 from cache.sources import DEFAULT_JOBS
+from cache.store.attachments import image_manifests
 from cache.store.blobstore import BlobStore
 from cache.store.images import missing_blobs
 
@@ -42,6 +44,7 @@ class Origin(Protocol):
               on_restart: Callable[[], None]) -> int: ...
     def costs(self) -> tuple[int, int, int]: ...  # (bytes fetched, of which from the remote tier, requests)
     def pulled(self, store: BlobStore, recorded: Manifest | Index, name: str) -> None: ...
+    def referrers(self) -> RegistryReferrers: ...  # where the image's signatures, SBOMs... are asked for
 
 
 class RegistryOrigin:
@@ -67,6 +70,9 @@ class RegistryOrigin:
     def pulled(self, store: BlobStore, recorded: Manifest | Index, name: str) -> None:
         pass  # nothing to fill
 
+    def referrers(self) -> RegistryReferrers:
+        return RegistryReferrers(self.client, self.ref.repository)
+
 
 class RegistryPullOptions(NamedTuple):
     platform: Platform | None = None
@@ -78,6 +84,7 @@ class RegistryPullOptions(NamedTuple):
     through: Callable[[Origin], Origin] | None = None  # the remote tier in front (cache/remote/source.py)
     floor: SpeedFloor | None = None  # None: the environment's, else the default (cache.registry.client.speed_floor)
     name: str | None = None  # the name to record, instead of the reference's own (a locked pull by digest)
+    referrers: ReferrerOptions = ReferrerOptions()  # what travels with the image (cache/ingest/referrers.py)
 
 
 def parse(text: str) -> RegistrySource:
@@ -93,7 +100,7 @@ def registry_options(options: PullOptions) -> RegistryPullOptions:
     return RegistryPullOptions(
         platform=options.platform, all_platforms=options.all_platforms, jobs=options.jobs,
         insecure=options.insecure, offline=options.offline, progress=options.progress, floor=options.floor,
-        name=options.name,
+        name=options.name, referrers=options.referrers or ReferrerOptions(),
     )
 
 
@@ -114,19 +121,27 @@ def pull_from_registry(
     source = f"docker://{ref}"
     local = _stored_top(store, ref, name, options)
     if local is not None:
-        return commit(store, _arrival_from_store(store, source, local, options._replace(name=name)), [name], started)
-    if options.offline:
+        report = commit(store, _arrival_from_store(store, source, local, options._replace(name=name)), [name], started)
+        if options.offline or not options.referrers.refresh:
+            return report
+    elif options.offline:
         raise ImageNotFound(f"{name} is not in the cache, and --offline forbids fetching it")
     own_client = client is None
     client = client or RegistryClient(ref.registry, insecure=options.insecure, pool_size=options.jobs + 2,
                                       floor=options.floor)
     try:
         origin: Origin = RegistryOrigin(client, ref)
+        if local is not None:  # stored, and its referrers asked for again (--refresh-referrers): of the origin
+            subjects = image_manifests(store, local.digest) if options.referrers.enabled else []
+            add_registry_referrers(store, report, origin.referrers(), subjects, options.referrers)
+            return report
         if options.through is not None:
             origin = options.through(origin)
         arrival = _pull_online(store, origin, ref, source, options)
+        subjects = subjects_to_ask(store, [arrival.top, *arrival.manifests], options.referrers)
         report = commit(store, arrival, [name], started)
-        origin.pulled(store, arrival.chosen or arrival.top, name)
+        add_registry_referrers(store, report, origin.referrers(), subjects, options.referrers)
+        origin.pulled(store, arrival.chosen or arrival.top, name)  # the remote is filled with them too
         return report
     finally:
         if own_client:

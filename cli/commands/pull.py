@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,6 +21,7 @@ from cli.output import Context, pass_context
 from cli.remote_options import finish_remote, open_remote, remote_options
 
 if TYPE_CHECKING:
+    from cache.ingest.referrers import ReferrerOptions
     from cache.registry.http import SpeedFloor
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,14 +94,37 @@ def pull_options(function: F) -> F:
     ]
     for option in reversed(options):
         function = option(function)
-    return remote_options(function)
+    return remote_options(referrer_options(function))
+
+
+def referrer_options(function: F) -> F:
+    """--no-referrers, --referrers-type, --refresh-referrers, given to the command as one ``referrers``."""
+
+    @functools.wraps(function)
+    def command(*args: Any, no_referrers: bool, referrers_type: tuple[str, ...], refresh_referrers: bool,
+                **kwargs: Any) -> Any:
+        from cache.ingest.referrers import ReferrerOptions
+
+        return function(*args, referrers=ReferrerOptions(not no_referrers, referrers_type, refresh_referrers), **kwargs)
+
+    options = [
+        click.option("--no-referrers", is_flag=True, help="Fetch no signatures, SBOMs or attestations with the image."),
+        click.option("--referrers-type", multiple=True, metavar="TYPE",
+                     help="Fetch only referrers of this artifactType (repeatable)."),
+        click.option("--refresh-referrers", is_flag=True,
+                     help="Ask the registry for referrers of images already cached (a new signature on an old image)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command  # type: ignore[return-value]
 
 
 def _options(ctx: Context, platform: str | None, all_platforms: bool, jobs: int, insecure: bool, offline: bool,
-             docker_host: str | None, floor: SpeedFloor | None, name: str | None = None) -> PullOptions:
+             docker_host: str | None, floor: SpeedFloor | None, name: str | None = None,
+             referrers: ReferrerOptions | None = None) -> PullOptions:
     return PullOptions(_parse_platform(platform), all_platforms, jobs, insecure, offline, docker_host, name,
                        progress_factory(ctx), None if offline else open_remote(ctx, insecure=insecure, jobs=jobs),
-                       floor)
+                       floor, referrers)
 
 
 def _summary(report: PullReport) -> str:
@@ -125,12 +150,12 @@ def _check_claims(ctx: Context, reports: list[PullReport]) -> None:
 def pull_command(ctx: Context, source: str, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
                  offline: bool, docker_host: str | None, containerd_address: str | None, containerd_root: str | None,
                  min_speed: int | None, min_speed_time: float | None,
-                 name: str | None) -> None:
+                 name: str | None, referrers: ReferrerOptions) -> None:
     """Bring SOURCE into the cache (docker://REF by default; docker-daemon:, oci:, docker-archive:)."""
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
-                       _floor(min_speed, min_speed_time), name)
-    options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
+                       _floor(min_speed, min_speed_time), name, referrers)
     ctx.store.defer_diff_ids = True  # checked once the result is out: _check_claims
+    options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
     report = pull(ctx.store, source, options)
     if ctx.verbose and report.route is not None:
         ctx.log(f"layers read through {report.route}" + (f" ({report.fallback})" if report.fallback else ""))
@@ -162,7 +187,8 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
                  export_to: str | None, sbom_dir: Path | None, sbom_format: str, lock_to: Path | None,
                  locked: Path | None, platform: str | None, all_platforms: bool, jobs: int, insecure: bool,
                  offline: bool, docker_host: str | None, containerd_address: str | None, containerd_root: str | None,
-                 min_speed: int | None, min_speed_time: float | None) -> None:
+                 min_speed: int | None, min_speed_time: float | None,
+                 referrers: ReferrerOptions) -> None:
     """Pull many images at once; shared layers are fetched once.
 
     With --export and --sbom-dir it does a packaging build's whole image step in one process: pull
@@ -183,14 +209,14 @@ def warm_command(ctx: Context, sources: tuple[str, ...], list_file: Path | None,
     if not wanted and locked is None:
         raise click.UsageError("name images to warm, or give -f FILE, --from-zarf ZARF_YAML or --locked LOCK_FILE")
     options = _options(ctx, platform, all_platforms, jobs, insecure, offline, docker_host,
-                       _floor(min_speed, min_speed_time))
-    options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
+                       _floor(min_speed, min_speed_time), referrers=referrers)
     ctx.store.defer_diff_ids = True  # checked once the result is out (or by --export/--sbom-dir first)
     if locked is not None:
         from cache.delivery.lock import read_lock
 
         result = warm_locked(ctx.store, read_lock(locked), options)
     else:
+        options = options._replace(containerd_address=containerd_address, containerd_root=containerd_root)
         result = warm(ctx.store, list(dict.fromkeys(wanted)), options)
     if lock_to is not None and not result.failures:
         from cache.delivery.lock import lock_images
