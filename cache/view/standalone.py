@@ -59,7 +59,7 @@ class ViewHandler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             query = {key: values[-1] for key, values in parse_qs(url.query).items()}
             response = answer(self.server.store, url.path, query)
-        except (ValueError, LayerhoardError) as error:
+        except (OSError, ValueError, LayerhoardError) as error:  # an unreadable cache: one line, no traceback
             response = Response(500, "text/plain; charset=utf-8", f"cannot read the cache: {error}\n".encode())
         self._send(response, head)
 
