@@ -119,6 +119,21 @@ def test_a_cached_pull_costs_what_it_did_and_refresh_referrers_picks_up_a_new_si
     assert not any("sha256-" in r.path or "/referrers/" in r.path for r in registry.requests(mark))
 
 
+def test_an_unsigned_image_costs_five_requests_more_the_first_time(
+        store: BlobStore, registry: Registry, tmp_path: Path) -> None:
+    build_image(tmp_path / "plain", [random_layer(3000, 21)], tag="t")
+    ref = push(tmp_path / "plain", "t", registry, f"plain/app{tmp_path.name[-8:].replace('_', '')}:1")
+    asked = []
+    for cache, referrers in (("without", ReferrerOptions(enabled=False)), ("with", ReferrerOptions())):
+        mark = registry.mark()
+        report = pull(BlobStore(tmp_path / cache), ref, PullOptions(referrers=referrers))
+        asked.append([(r.method, r.path.rsplit("/", 1)[-1]) for r in registry.requests(mark)])
+        assert report.requests == len(asked[-1]) and report.referrers == []
+    digest = parse_digest(pull(store, ref).digest)
+    assert asked[1][len(asked[0]):] == [("GET", str(digest)), ("HEAD", f"sha256-{digest.hex}"),
+                                        *(("HEAD", f"sha256-{digest.hex}.{s}") for s in ("sig", "att", "sbom"))]
+
+
 def test_referrers_type_keeps_only_the_asked_artifacts(store: BlobStore, registry: Registry, signed: Signed) -> None:
     sboms = pull(store, signed.ref, PullOptions(referrers=ReferrerOptions(types=(SBOM_TYPE,)))).referrers
     assert [r.digest for r in sboms] == [signed.sbom.digest]

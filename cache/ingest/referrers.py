@@ -18,10 +18,12 @@ visible), and the manifest is stored only once they are, then linked in the cont
 that fail a check raise, and nothing of that referrer is stored. An untrusted registry cannot make
 a pull fetch without end: at most :data:`MAX_REFERRERS` manifests per pull, :data:`MAX_DEPTH` deep.
 
-What it costs, per manifest asked about: one request to the referrers API (two where the tag
-schema is the fallback) and three for cosign's tags, plus one per new referrer and its new blobs;
-a referrer already stored costs no request beyond its listing. The caller asks only about the
-manifests its pull newly stored, unless told to refresh: a cached pull costs what it did before.
+What it costs, per manifest asked about: one request to the referrers API (where the tag schema
+is the fallback, a HEAD of its tag too) and three HEADs for cosign's tags (a HEAD does not count
+against Docker Hub's pull limit; a GET follows only for a tag that exists), plus one per new
+referrer and its new blobs; a referrer already stored costs no request beyond its listing. The
+caller asks only about the manifests its pull newly stored, unless told to refresh: a cached pull
+costs what it did before.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from cache.ingest.blobs import BlobPuller
 from cache.ingest.report import PullReport, ReferrerReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import (
+    ACCEPT_ALL,
     MAX_MANIFEST_BYTES,
     OCI_INDEX,
     Descriptor,
@@ -120,10 +123,17 @@ class RegistryReferrers:
         return Listing(listed_entries(tagged, f"tag {tag}") if tagged is not None else [], "tag-schema")
 
     def tagged(self, tag: str) -> bytes | None:
+        """The manifest under ``tag``, None when there is none. Asked with HEAD first: most images
+        have no such tag, and a HEAD does not count against a registry's pull limit (Docker Hub's)."""
+        path = f"/v2/{self.repository}/manifests/{tag}"
+        response = self.client.request("HEAD", path, f"repository:{self.repository}:pull", {"Accept": ACCEPT_ALL})
+        response.release()
+        if response.status == 404:
+            return None
         try:
             return self.client.get_manifest(self.repository, tag)[0]
         except ImageNotFound:
-            return None
+            return None  # deleted between the two requests
 
     def manifest(self, digest: Digest) -> bytes:
         return self.client.get_manifest(self.repository, str(digest))[0]
