@@ -2,9 +2,10 @@
 
 A layout has no referrers API: a referrer is a manifest listed in index.json (unnamed, as export
 and delivery bundles write it) whose ``subject`` names the image, and a cosign signature is the
-manifest index.json names with cosign's tag (``sha256-<hex>.sig``). index.json's manifests are
-read once, when the source is made (each at most 4 MiB, checked against its digest); blobs are
-streamed from ``blobs/sha256`` and checked by the BlobPuller like any pull from a layout.
+manifest index.json names with cosign's tag (``sha256-<hex>.sig``). Those entries of index.json
+(never the named images beside them) are read once, when the source is made, each at most 4 MiB
+and checked against its digest; blobs are streamed from ``blobs/sha256`` and checked by the
+BlobPuller like any pull from a layout.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cache.formats.index_json import REF_NAME
 from cache.ingest.referrers import Listing
 from cache.model.digest import Digest
 from cache.model.manifests import MANIFEST_TYPES, Descriptor, Manifest, subject_of
-from cache.sources.layout import _fetcher, _read_index, _read_manifest
+from cache.sources.layout import _fetcher, _named_image, _read_index, _read_manifest
 from cache.store.attachments import artifact_kind
 
 
@@ -31,8 +32,8 @@ class LayoutReferrers:
         self._tags: dict[str, Manifest] = {}
         self._manifests: dict[Digest, Manifest] = {}
         for entry in _read_index(root):
-            if entry.media_type not in MANIFEST_TYPES:
-                continue  # an index is never a referrer here
+            if entry.media_type not in MANIFEST_TYPES or _named_image(entry):
+                continue  # an index is never a referrer here; a named image is not read (a layout of thousands)
             try:
                 manifest = _read_manifest(root, entry)
             except (BlobNotFound, InvalidManifest):
