@@ -29,6 +29,7 @@ from cache.store.graph import cosign_tags, link_cosign, link_referrer, referrers
 from cache.store.images import blobs_of
 from tests.clients import Podman, start_podman
 from tests.images import OCI_INDEX, OCI_MANIFEST, build_image, build_index, push, random_layer, sha256
+from tests.referrer_makers import SBOM_TYPE, push_blob, put_manifest
 from tests.services import Registry, skopeo
 
 pytestmark = pytest.mark.registry
@@ -353,9 +354,11 @@ def test_a_multi_platform_image_with_a_referrer_is_locked_bundled_and_imported(
     assert lock.read_text() == read_lock(lock).encode().decode()  # stable: read and written the same
 
     mark = registry.mark()
-    cli(tmp_path / "rebuild", "warm", "--locked", str(lock))
+    rebuilt = cli(tmp_path / "rebuild", "warm", "--locked", str(lock), check=False)
     assert not [r for r in registry.requests(mark) if r.path.endswith("/manifests/1")]
-    assert names(tmp_path / "rebuild") == {ref: index_digest}
+    assert names(tmp_path / "rebuild") == {ref: index_digest}  # both platforms, by digest
+    # the signatures live only in the source cache: the locked build says so, naming the image
+    assert rebuilt.returncode == 1 and f"failed: {ref}: a locked referrer cannot be had" in rebuilt.stdout
 
     bundle = tmp_path / "multi.tar"
     with open(bundle, "wb") as out:  # to stdout, as `export ... - | ssh site layerhoard import` would
@@ -406,3 +409,45 @@ def test_a_bad_inventory_is_a_one_line_error(tmp_path: Path, content: bytes, wor
                  str(tmp_path / "inventory.json"), f"oci:{tmp_path / 'out'}", check=False)
     assert words in one_line_error(result)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_locked_referrer_is_fetched_by_its_digest(registry: Registry, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "img", [random_layer(20_000, 60)])
+    repo = f"signed{uuid.uuid4().hex[:8]}/app"
+    ref = push(image.layout, image.tag, registry, f"{repo}:1")
+    payload, config = b'{"spdxVersion": "SPDX-2.3"}', b"{}"
+    sbom = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SBOM_TYPE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(config), "size": 2},
+        "layers": [{"mediaType": SBOM_TYPE, "digest": sha256(payload), "size": len(payload)}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image.manifest_digest, "size": len(image.manifest)},
+    }).encode()
+    for blob in (payload, config):
+        push_blob(registry.url, repo, blob)
+    put_manifest(registry.url, repo, sha256(sbom), sbom)  # pushed by digest: no tag names it
+    source = tmp_path / "source"
+    cli(source, "pull", ref)
+    store = BlobStore(source)  # the source cache holds it, as a pull that found it (issue 18) leaves it
+    for blob in (payload, config, sbom):
+        store.put_bytes(blob)
+    link_referrer(store, parse_digest(image.manifest_digest), parse_digest(sha256(sbom)), SBOM_TYPE)
+    store.close()
+    lock = tmp_path / "app.lock"
+    cli(source, "warm", ref, "--lock", str(lock))
+    assert list(read_lock(lock).images[ref].referrers) == [sha256(sbom)]
+
+    rebuild = tmp_path / "rebuild"
+    mark = registry.mark()
+    cli(rebuild, "warm", "--locked", str(lock))
+    paths = [r.path for r in registry.requests(mark)]
+    assert f"/v2/{repo}/manifests/{sha256(sbom)}" in paths
+    assert not [path for path in paths if path.endswith("/manifests/1")]
+    rebuilt = BlobStore(rebuild)
+    try:
+        assert referrers(rebuilt, parse_digest(image.manifest_digest)) == {sha256(sbom): SBOM_TYPE}
+        assert rebuilt.read_bytes(parse_digest(sha256(payload))) == payload
+    finally:
+        rebuilt.close()
+    mark = registry.mark()
+    cli(rebuild, "warm", "--locked", str(lock))
+    assert registry.requests(mark) == []

@@ -107,19 +107,28 @@ def warm_locked(store: BlobStore, lock: LockFile, options: PullOptions) -> WarmR
     asked for the digest, never the tag, and a stored digest costs no request at all. Each locked
     platform is pulled on its own, and the platform manifest it gives is checked against the lock.
     An image that cannot be had fails naming the image; the others still go on. What the lock says
-    travels with an image (referrers, cosign tags) and the cache still lacks after the pull is
-    reported in ``missing_referrers``.
+    travels with an image (referrers, cosign tags) and the cache lacks is fetched by digest too
+    (cache/delivery/locked_referrers.py); with ``offline``, what is still missing is listed in
+    ``missing_referrers``.
     """
+    from cache.delivery.locked_referrers import fetch_locked_referrers  # the registry client, only here
+
     started = time.monotonic()
     result = WarmResult()
     with store.deferred_names() as names:
         for image in lock.images.values():
             try:
-                result.reports.extend(_pull_locked(store, image, options))
+                reports = _pull_locked(store, image, options)
             except LayerhoardError as error:
                 result.failures.append((image.name, f"locked digest {image.digest} cannot be had: {error}"))
-            else:
-                result.missing_referrers += [str(d) for d in image.referrers if not store.has(d)]
+                continue
+            result.reports.extend(reports)
+            try:
+                if not options.offline:
+                    fetch_locked_referrers(store, image, insecure=options.insecure)
+            except LayerhoardError as error:
+                result.failures.append((image.name, str(error)))
+            result.missing_referrers += [str(d) for d in image.referrers if not store.has(d)]
     for ref, why in names.failed.items():
         result.failures.append((ref, why))
     result.seconds = round(time.monotonic() - started, 3)
