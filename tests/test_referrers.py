@@ -30,6 +30,7 @@ from cache.store.graph import ContentGraph
 from cache.store.images import load_image
 from cache.upkeep.gc import gc
 from cache.upkeep.prune import PrunePolicy, prune
+from cache.upkeep.rebuild_index import rebuild_index
 from cli.main import main
 from tests.images import build_image, push, random_layer
 from tests.referrer_makers import (
@@ -172,6 +173,11 @@ def test_gc_keeps_a_referrer_with_its_subject_and_drops_it_with_its_subject(
         store: BlobStore, registry: Registry, signed: Signed) -> None:
     pull(store, signed.ref)
     every = [parse_digest(d) for made in signed.made for d in [made.digest, *made.blobs]]
+    gc(store, grace=0)
+    assert all(store.has(digest) for digest in every)
+    rebuild_index(store)  # referrers found again from their subject, cosign's edges from the old index
+    assert ContentGraph.load(store).cosign == {signed.digest: {signed.signature.digest: "sig"},
+                                               signed.sbom.digest: {signed.sbom_signature.digest: "sig"}}
     gc(store, grace=0)
     assert all(store.has(digest) for digest in every)
     store.remove_image(signed.ref)

@@ -10,7 +10,9 @@ filled from what is on disk and checked here:
 - counters are copied from the old database when SQLite can still read those rows; pins live in
   pins.json and are untouched (an old cache's pins, still in its database, move to pins.json).
 
-- the content graph's referrer edges, from the ``subject`` of every stored manifest.
+- the content graph's referrer edges, from the ``subject`` of every stored manifest; its cosign
+  edges (nothing in a cosign manifest names its image) copied from the old database when SQLite
+  can still read them.
 
 SBOM scan records are not rebuilt: they are made again on the next ``sbom`` of each layer. Derived
 edges (transcoded blobs) are not either: those blobs are a cache, and gc reclaims them.
@@ -27,10 +29,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.errors import BlobNotFound, LayerhoardError
+from cache.errors import BlobNotFound, InvalidDigest, LayerhoardError
 from cache.formats.compression import CorruptLayer, DiffIdHasher
 from cache.formats.index_json import REF_NAME
-from cache.model.digest import Digest, hash_fd
+from cache.model.digest import Digest, hash_fd, parse_digest
 from cache.model.manifests import (
     MAX_MANIFEST_BYTES,
     Descriptor,
@@ -41,7 +43,7 @@ from cache.model.manifests import (
     subject_of,
 )
 from cache.store.blobstore import BlobStore
-from cache.store.graph import link_referrer
+from cache.store.graph import COSIGN, COSIGN_SUFFIXES, link_cosign, link_referrer
 from cache.store.pins import PINS_FILE, pin, pins
 
 
@@ -72,6 +74,8 @@ def rebuild_index(store: BlobStore) -> RebuildResult:
             pin(store, key[4:])  # a cache from before pins.json: its pins move there now
         elif key.startswith("stat/") and isinstance(value, int):
             index.count(key[5:], value)
+        elif key.startswith(f"edge/{COSIGN}/") and isinstance(value, str):
+            _cosign_edges(store, key, value)
     for digest in list(store.digests()):
         try:
             with store.open(digest) as handle:
@@ -103,13 +107,23 @@ def _salvage(meta: Path) -> list[tuple[str, object]]:
         connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
         try:
             for key, value in connection.execute(
-                "SELECT key, value FROM Cache WHERE key LIKE 'pin/%' OR key LIKE 'stat/%'"
+                "SELECT key, value FROM Cache WHERE key LIKE 'pin/%' OR key LIKE 'stat/%' OR key LIKE 'edge/cosign/%'"
             ):
                 if isinstance(key, str):
                     rows.append((key, value))
         finally:
             connection.close()
     return rows
+
+
+def _cosign_edges(store: BlobStore, key: str, value: str) -> None:
+    """The old database's cosign edges of one manifest, as far as they parse."""
+    with contextlib.suppress(ValueError, InvalidDigest):
+        subject = parse_digest(key[len(f"edge/{COSIGN}/"):])
+        children = json.loads(value)
+        for child, suffix in children.items() if isinstance(children, dict) else ():
+            if suffix in COSIGN_SUFFIXES:
+                link_cosign(store, subject, parse_digest(child), suffix)
 
 
 def _record_image(store: BlobStore, entry: dict[str, object]) -> bool:
