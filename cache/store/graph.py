@@ -17,9 +17,9 @@ follows those by reading the manifests. Two kinds of edge are known only to the 
 Edges are kept in the metadata index (``edge/<kind>/<parent>``), loaded in one query per kind by
 :meth:`ContentGraph.load`. Only blobs hashed and stored here are ever linked. What it costs: one
 index write per edge made, one range query per kind when gc or prune start. A rebuilt index finds
-the referrer edges again by reading every stored manifest's ``subject``; derived and cosign edges
-are lost then (their blobs reclaimed as the cache they are; ``pull --refresh-referrers`` fetches
-the cosign tags again).
+the referrer edges again by reading every stored manifest's ``subject``, and copies the cosign
+edges from the old database when it can still be read; derived edges are lost then, and their
+blobs reclaimed as the cache they are.
 """
 
 from __future__ import annotations
