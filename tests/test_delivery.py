@@ -176,8 +176,7 @@ def test_lock_rebuild_after_the_tag_moved_gets_the_locked_digest_with_no_tag_req
     mark = registry.mark()
     cli(tmp_path / "rebuild", "warm", "--locked", str(lock))
     manifests = [r.path for r in registry.requests(mark) if "/manifests/" in r.path]
-    assert manifests and not [path for path in manifests if path.endswith("/manifests/1")]  # no tag request
-    assert any(path.endswith(f"/manifests/{first.manifest_digest}") for path in manifests)
+    assert manifests and all(path.endswith(f"/manifests/{first.manifest_digest}") for path in manifests)
     assert names(tmp_path / "rebuild") == {ref: first.manifest_digest}
 
     mark = registry.mark()
@@ -439,9 +438,9 @@ def test_a_locked_referrer_is_fetched_by_its_digest(registry: Registry, tmp_path
     rebuild = tmp_path / "rebuild"
     mark = registry.mark()
     cli(rebuild, "warm", "--locked", str(lock))
-    paths = [r.path for r in registry.requests(mark)]
-    assert f"/v2/{repo}/manifests/{sha256(sbom)}" in paths
-    assert not [path for path in paths if path.endswith("/manifests/1")]
+    manifests = [r.path for r in registry.requests(mark) if "/manifests/" in r.path]
+    assert sorted(manifests) == sorted([f"/v2/{repo}/manifests/{image.manifest_digest}",
+                                        f"/v2/{repo}/manifests/{sha256(sbom)}"])  # by digest only
     rebuilt = BlobStore(rebuild)
     try:
         assert referrers(rebuilt, parse_digest(image.manifest_digest)) == {sha256(sbom): SBOM_TYPE}

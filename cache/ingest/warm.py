@@ -136,8 +136,11 @@ def warm_locked(store: BlobStore, lock: LockFile, options: PullOptions) -> WarmR
 
 
 def _pull_locked(store: BlobStore, image: LockedImage, options: PullOptions) -> list[PullReport]:
+    from cache.ingest.referrers import ReferrerOptions
+
     source = RegistrySource(image.ref)
-    options = options._replace(name=image.name, all_platforms=False)
+    # no discovery (its tag requests): what travels with the image is the lock's, fetched by digest
+    options = options._replace(name=image.name, all_platforms=False, referrers=ReferrerOptions(enabled=False))
     platforms = [(name, digest) for name, digest in image.platforms.items() if digest != image.digest]
     if not platforms:  # a plain manifest: the name's own digest is all there is
         return [pull(store, source, options._replace(platform=None))]
@@ -167,7 +170,7 @@ def package(
 ) -> list[dict[str, object]]:
     """The rest of a packaging build, in this process: every warmed image exported into one OCI
     layout and/or its SBOM written, so a cached build costs no process start-up per image."""
-    from cache.sbom import image_sbom, render
+    from cache.sbom.attach import image_sbom_document
     from cache.sinks import export
     from cache.store.fsutil import write_atomic
     from cache.store.images import load_image
@@ -180,11 +183,14 @@ def package(
         entry: dict[str, object] = {"ref": report.ref}
         if export_to is not None:
             entry["export"] = export(store, image, export_to, "keep").to_json()
-        if sbom_dir is not None:
-            sbom = image_sbom(image)
+        if sbom_dir is not None:  # an SBOM that travels with the image is written as it is, unscanned
+            result = image_sbom_document(image, sbom_format)
             path = sbom_dir / sbom_file_name(report.ref, sbom_format)
-            write_atomic(path, render(sbom, sbom_format).encode())
-            entry["sbom"] = {"path": str(path), "packages": len(sbom.packages),
-                             "layers_scanned": sbom.layers_scanned, "layers_cached": sbom.layers_cached}
+            write_atomic(path, result.document)
+            sbom = result.sbom
+            entry["sbom"] = {"path": str(path), "packages": len(sbom.packages) if sbom else None,
+                             "layers_scanned": sbom.layers_scanned if sbom else 0,
+                             "layers_cached": sbom.layers_cached if sbom else 0,
+                             "attached": str(result.attached) if result.attached else None}
         done.append(entry)
     return done
