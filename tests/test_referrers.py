@@ -253,6 +253,11 @@ def test_an_attached_sbom_travels_to_a_second_cache_which_returns_it_without_a_s
     reused = sbom_cli(second.root, ref, "-o", str(tmp_path / "second.json"))
     assert not reused["scanned"] and reused["attached"] == attached["attached"]
     assert (tmp_path / "second.json").read_bytes() == document
+    warmed = CliRunner().invoke(main, ["--cache-dir", str(second.root), "--json", "warm", ref, "--offline",
+                                       "--sbom-dir", str(tmp_path / "sboms")])  # a packaging build's SBOM step
+    assert warmed.exit_code == 0, warmed.output
+    written = json.loads(warmed.stdout)["packaged"][0]["sbom"]
+    assert written["attached"] == attached["attached"] and Path(written["path"]).read_bytes() == document
     records = SbomRecords(second.index)  # the witness: a scanned layer leaves its record
     assert all(records.get(str(diff_id)) is None for diff_id in load_image(second, ref).config.diff_ids)
 
