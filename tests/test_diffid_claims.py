@@ -14,6 +14,7 @@ import pytest
 
 from cache.errors import DigestMismatch
 from cache.ingest.pull import PullOptions, pull
+from cache.ingest.report import PullReport
 from cache.model.digest import parse_digest
 from cache.model.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from cache.model.refs import DaemonSource
@@ -44,7 +45,7 @@ def cli_json(cache: Path, *args: str, code: int = 0) -> dict[str, object]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def deferred_pull(store: BlobStore, ref: str) -> None:
+def deferred_pull(store: BlobStore, ref: str) -> PullReport:
     """A pull as the command line makes it, without the check it starts afterwards."""
     store.defer_diff_ids = True
     try:
@@ -52,6 +53,7 @@ def deferred_pull(store: BlobStore, ref: str) -> None:
     finally:
         store.defer_diff_ids = False
     assert not any(layer.diff_id_verified for layer in report.layers)
+    return report
 
 
 def lying_image(layout: Path, tars: list[bytes], claimed: list[str]) -> TestImage:
@@ -76,6 +78,8 @@ def test_claims_are_shown_then_verified(registry: Registry, store: BlobStore, tm
     layers = [parse_digest(layer.digest) for layer in image.layers]
     assert set(store.index.pending_diff_ids()) == set(layers)
     assert all(store.index.diff_id_of(layer) is None for layer in layers)  # no pair before the check
+    cached = deferred_pull(store, ref)  # says what the layers claim, and that it is not verified yet
+    assert cached.bytes_reused and [layer.diff_id for layer in cached.layers] == image.diff_ids
     listed = cli_json(store.root, "ls")["images"]
     assert [(row["diff_ids_unverified"], row["diff_ids_mismatched"]) for row in listed] == [(2, 0)]  # type: ignore[index]
     usage = cli_json(store.root, "du")
@@ -87,6 +91,8 @@ def test_claims_are_shown_then_verified(registry: Registry, store: BlobStore, tm
     assert [str(store.index.diff_id_of(layer)) for layer in layers] == image.diff_ids
     assert cli_json(store.root, "du")["diff_ids_unverified"] == 0
     assert "not yet verified" not in cli(store.root, "ls").stdout
+    store.defer_diff_ids = True
+    assert all(layer.diff_id_verified for layer in pull(store, ref, PullOptions()).layers)
 
 
 def test_cli_pull_checks_its_claims_in_the_background(registry: Registry, tmp_path: Path) -> None:

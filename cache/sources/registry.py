@@ -28,6 +28,7 @@ from cache.registry.client import RegistryClient
 from cache.sources import DEFAULT_JOBS
 from cache.store.attachments import image_manifests
 from cache.store.blobstore import BlobStore
+from cache.store.diffids import reported_diff_id
 from cache.store.images import missing_blobs
 
 if TYPE_CHECKING:
@@ -236,9 +237,10 @@ def _arrival_from_store(store: BlobStore, source: str, top: Manifest | Index, op
         parsed = parse_manifest_or_index(_read(store, descriptor.digest), what=f"manifest {descriptor.digest}")
         if isinstance(parsed, Manifest):
             for layer in parsed.layers:
-                diff_id = store.index.diff_id_of(layer.digest)
+                diff_id, verified = reported_diff_id(store, layer.digest)
                 arrival.layers.append(LayerReport(str(layer.digest), str(diff_id) if diff_id else None,
-                                                  layer.size, layer.media_type, reused=True))
+                                                  layer.size, layer.media_type, reused=True,
+                                                  diff_id_verified=verified))
         if isinstance(top, Index) and not options.all_platforms:
             arrival.chosen, arrival.platform = parsed, descriptor.platform
     if isinstance(top, Manifest):  # its platform came from its config when it was first named

@@ -94,6 +94,16 @@ def _uncompressed_digest(store: BlobStore, blob: Digest, media_type: str) -> tup
     return actual, f"uncompresses to {actual}"
 
 
+def reported_diff_id(store: BlobStore, blob: Digest) -> tuple[Digest | None, bool]:
+    """What a report says a stored layer uncompresses to: (verified diff_id, True), else (the claim
+    still pending, False), else (None, False)."""
+    verified = store.index.diff_id_of(blob)
+    if verified is not None:
+        return verified, True
+    pending = store.index.pending_diff_id(blob)
+    return (pending[0] if pending else None), False
+
+
 def require_diff_id(store: BlobStore, blob: Digest, diff_id: Digest, media_type: str) -> None:
     """Return once (``blob``, ``diff_id``) is a verified pair; DigestMismatch when the bytes say
     otherwise. Cheap when it is verified (one look in the index)."""
