@@ -385,6 +385,9 @@ def test_a_multi_platform_image_with_a_referrer_is_locked_bundled_and_imported(
     (b'{"schemaVersion":2,"manifests":[{"mediaType":"m","size":-1,"digest":"sha256:' + b"a" * 64 + b'"}]}',
      "no valid size"),
     (b"[not json", "is not valid JSON"),
+    (b'{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":2,'
+     b'"digest":"sha256:' + b"a" * 64 + b'","annotations":{"org.opencontainers.image.ref.name":"1.0"}}]}',
+     "not a full reference"),
 ])
 def test_a_bundle_whose_index_is_bad_is_refused(tmp_path: Path, index: bytes, words: str) -> None:
     bundle = tmp_path / "bundle"

@@ -345,11 +345,11 @@ def _plan(store: BlobStore, bundle: Bundle, attached: dict[Digest, Referrer]) ->
         raise DeliveryError(str(error)) from None
     for entry in entries:
         name = entry.annotations.get(REF_NAME)
+        cache_name = _cache_name(bundle, name) if name is not None else None
         what = f"image {name}" if name else "referrer"
         top = _manifest(store, bundle, entry, what)
-        if name is not None:
-            _check_name(bundle, name)
-            plan.named.append((name, top))
+        if cache_name is not None:
+            plan.named.append((cache_name, top))
         elif isinstance(top, Manifest) and (note := _what_is_attached(top, attached)) is not None:
             plan.attached.append((top, note))
         else:
@@ -377,10 +377,14 @@ def _what_is_attached(manifest: Manifest, attached: dict[Digest, Referrer]) -> R
     return None if subject is None else Referrer(subject[0], subject[1])
 
 
-def _check_name(bundle: Bundle, name: str) -> None:
-    """A name index.json gives must be an image reference: it becomes a name in this cache."""
+def _cache_name(bundle: Bundle, name: str) -> str:
+    """The name an image of index.json gets here: a full image reference (a bundle names each image
+    as the cache it came from did), normalised as every name of the cache is."""
     try:
-        ImageRef.parse(name)
+        if "/" not in name:
+            raise DeliveryError("not a full reference (REGISTRY/REPO:TAG); import a bare tag with "
+                                f"`layerhoard pull oci:DIR:{name[:100]} --name REGISTRY/REPO:TAG`")
+        return str(ImageRef.parse(name))
     except LayerhoardError as error:
         raise DeliveryError(f"{bundle.label}: index.json names an image {name[:200]!r}: {error}") from None
 
