@@ -1,12 +1,19 @@
 """Daemon images, side by side with `docker save` and skopeo, in one run against one private dockerd.
 
-    python -m bench daemon [--size 1G] [--size 2G] [--runs 1] [--workdir DIR] [--keep] [--in-place]
+    python -m bench daemon [--size 1G] [--size 2G] [--runs 1] [--content random|mixed|real]
+                           [--new-layer 10M] [--workdir DIR] [--keep] [--in-place]
 
-For each size, a single-layer image of random bytes is imported into a private dockerd, then:
+For each size, an image is put into a private dockerd (overlay2): with --content random or mixed
+a single layer imported from a tar; with --content real two layers loaded from a docker save tar,
+one of real files (/usr/lib, then /usr/share, up to half the size) and one of random bytes. Then:
   docker save -o FILE                                  (the daemon's own export, the yardstick)
   skopeo copy docker-daemon:NAME oci:DIR               (what a user does today)
-  layerhoard pull docker-daemon:NAME, empty cache      (cold: one save stream, zstd into the store)
+  layerhoard pull docker-daemon:NAME, empty cache      (cold: new layers read from overlay2, zstd into the store)
+  the same with LAYERHOARD_NO_DAEMON_STORAGE=1         (cold through one save stream, the fallback)
   layerhoard pull docker-daemon:NAME, cached           (warm: inspect only, no save call)
+With --new-layer, an image of one more layer of that many random bytes on top (docker build,
+FROM and COPY) is then pulled into a cache that holds the base: against docker save -o and
+skopeo of that image, which have no cache to lean on.
 Wall times and CPU (user + system seconds of the process itself) are the median of --runs; peak
 RSS is the child's own (VmHWM). The daemon's own save stream is timed once per size (time to its
 first byte, then to its end) to show how much of every contender's time is spent waiting. The daemon's debug log
@@ -20,6 +27,9 @@ pip-installed into (as in bench/pull.py); --in-place runs `python -m cli.main` w
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import os
 import shutil
 import statistics
@@ -134,58 +144,151 @@ def random_tar(path: Path, size: int, content: str = "random") -> None:
     payload.unlink()
 
 
+def real_files_tar(path: Path, size: int) -> int:
+    """A layer tar of real files (/usr/lib, then /usr/share, in walk order) of about ``size`` bytes
+    of file data, with their folders and links as they are; returns the bytes of file data."""
+    total = 0
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for top in ("/usr/lib", "/usr/share"):
+            for folder, dirs, files in os.walk(top):
+                dirs.sort()
+                tar.add(folder, arcname=folder.lstrip("/"), recursive=False)
+                for name in sorted(files):
+                    full = os.path.join(folder, name)
+                    try:
+                        info = tar.gettarinfo(full, arcname=full.lstrip("/"))
+                        if info.isreg():
+                            if total + info.size > size:
+                                continue
+                            with open(full, "rb") as handle:
+                                tar.addfile(info, handle)
+                            total += info.size
+                        elif info.issym():
+                            tar.addfile(info)
+                    except OSError:  # unreadable or vanished: a user's image would not have it either
+                        continue
+                if total >= size * 0.999:
+                    return total
+    return total
+
+
+def real_image(daemon: Daemon, work: Path, size: int, name: str) -> None:
+    """Load a two-layer image: real files (half of ``size``) and random bytes (the other half), as a
+    docker save tar in the legacy layout (what dockerd 20.10 loads)."""
+    files, noise = work / "files.tar", work / "noise.tar"
+    real_files_tar(files, size // 2)
+    random_tar(noise, size - size // 2)
+    diff_ids = [_sha256_file(files), _sha256_file(noise)]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}, sort_keys=True).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    save = work / "image.tar"
+    with tarfile.open(save, "w") as tar:
+        for folder, layer in (("files", files), ("noise", noise)):
+            tar.add(layer, arcname=f"{folder}/layer.tar")
+        for member, data in ((config_name, config), ("manifest.json", json.dumps([{
+            "Config": config_name, "RepoTags": [name], "Layers": ["files/layer.tar", "noise/layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    files.unlink()
+    noise.unlink()
+    daemon.docker("load", "-i", str(save), check=True)
+    save.unlink()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def new_layer_image(daemon: Daemon, work: Path, base: str, size: int) -> str:
+    """``base`` with one more layer of ``size`` random bytes, made by docker build (FROM, COPY)."""
+    name = base.replace(":", "-app:")
+    context = work / "context"
+    context.mkdir()
+    (context / "new.bin").write_bytes(os.urandom(size))
+    (context / "Dockerfile").write_text(f"FROM {base}\nCOPY new.bin /new.bin\n")
+    env = {**os.environ, "DOCKER_HOST": daemon.host, "DOCKER_BUILDKIT": "0"}
+    subprocess.run(["docker", "build", "-q", "-t", name, str(context)], env=env, check=True, capture_output=True)
+    shutil.rmtree(context)
+    return name
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
 def bench_size(daemon: Daemon, work: Path, size: int, runs: int, layerhoard: list[str],
-               content: str = "random") -> dict[str, object]:
-    name = f"lh-bench/one-layer:{size >> 20}m"
-    source = work / "layer.tar"
-    random_tar(source, size, content)
-    daemon.docker("import", str(source), name, check=True)
-    source.unlink()
+               content: str = "random", new_layer: int = 0) -> dict[str, object]:
+    name = f"lh-bench/{'real' if content == 'real' else 'one-layer'}:{size >> 20}m"
+    if content == "real":
+        real_image(daemon, work, size, name)
+    else:
+        source = work / "layer.tar"
+        random_tar(source, size, content)
+        daemon.docker("import", str(source), name, check=True)
+        source.unlink()
     env = {"DOCKER_HOST": daemon.host}
     saved = work / "saved.tar"
     measure(["docker", "save", "-o", str(saved), name], env)  # warm the page cache for every contender
     saved.unlink()
     first_byte, streaming = raw_save(daemon.socket, name)
 
-    save, copy, cold, cached = [], [], [], []
-    cold_saves: list[int] = []
-    cached_saves: list[int] = []
-    for _ in range(runs):
-        save.append(measure(["docker", "save", "-o", str(saved), name], env))
-        saved.unlink()
-        layout = work / "skopeo-oci"
-        copy.append(measure(["skopeo", "copy", "--quiet", "--src-daemon-host", daemon.host,
-                             f"docker-daemon:{name}", f"oci:{layout}:bench"]))
-        shutil.rmtree(layout)
-        cache = work / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        pull = [*layerhoard, "--cache-dir", str(cache), "--json", "-q", "pull", f"docker-daemon:{name}",
+    timings: dict[str, list[Measured]] = {key: [] for key in ("save", "skopeo", "cold", "cold_stream", "cached")}
+    saves: dict[str, list[int]] = {"cold": [], "cold_stream": [], "cached": []}
+    cache = work / "cache"
+
+    def pull(image: str, key: str, extra_env: dict[str, str] | None = None) -> None:
+        argv = [*layerhoard, "--cache-dir", str(cache), "--json", "-q", "pull", f"docker-daemon:{image}",
                 "--docker-host", daemon.host]
         mark = daemon.mark()
-        cold.append(measure(pull))
-        cold_saves.append(len(daemon.save_calls(mark)))
-        mark = daemon.mark()
-        cached.append(measure(pull))
-        cached_saves.append(len(daemon.save_calls(mark)))
+        timings[key].append(measure(argv, extra_env))
+        saves[key].append(len(daemon.save_calls(mark)))
+
+    def others(image: str, save_key: str, skopeo_key: str) -> None:
+        timings[save_key].append(measure(["docker", "save", "-o", str(saved), image], env))
+        saved.unlink()
+        layout = work / "skopeo-oci"
+        timings[skopeo_key].append(measure(["skopeo", "copy", "--quiet", "--src-daemon-host", daemon.host,
+                                            f"docker-daemon:{image}", f"oci:{layout}:bench"]))
+        shutil.rmtree(layout)
+
+    for _ in range(runs):
+        others(name, "save", "skopeo")
+        shutil.rmtree(cache, ignore_errors=True)
+        pull(name, "cold_stream", {"LAYERHOARD_NO_DAEMON_STORAGE": "1"})
         shutil.rmtree(cache)
+        pull(name, "cold")
+        pull(name, "cached")
+        shutil.rmtree(cache)
+    app = new_layer_image(daemon, work, name, new_layer) if new_layer else None
+    if app is not None:
+        timings.update({"app_save": [], "app_skopeo": [], "app_pull": []})
+        saves["app_pull"] = []
+        measure(["docker", "save", "-o", str(saved), app], env)  # the new layer into the page cache too
+        saved.unlink()
+        for _ in range(runs):
+            others(app, "app_save", "app_skopeo")
+            shutil.rmtree(cache, ignore_errors=True)
+            pull(name, "cached")  # the base into the cache (not timed apart: the cold figure above)
+            timings["cached"].pop()
+            saves["cached"].pop()
+            pull(app, "app_pull")
+            shutil.rmtree(cache)
+        daemon.docker("rmi", app, check=True)
     daemon.docker("rmi", name, check=True)
+
     def summary(runs: list[Measured]) -> Measured:
         return Measured(median([m.wall for m in runs]), max(m.peak_rss for m in runs), median([m.cpu for m in runs]))
 
     return {
-        "size": size,
-        "first_byte": first_byte,
-        "streaming": streaming,
-        "save": summary(save),
-        "skopeo": summary(copy),
-        "cold": summary(cold),
-        "cached": summary(cached),
-        "cold_saves": max(cold_saves),
-        "cached_saves": max(cached_saves),
+        "size": size, "first_byte": first_byte, "streaming": streaming, "new_layer": new_layer,
+        **{key: summary(values) for key, values in timings.items()},
+        **{f"{key}_saves": max(values) for key, values in saves.items()},
     }
 
 
@@ -193,16 +296,23 @@ def report(results: list[dict[str, object]], runs: int) -> str:
     rows = []
     for result in results:
         size = int(result["size"])  # type: ignore[call-overload]
-        save: Measured = result["save"]  # type: ignore[assignment]
-        for label, key in (("docker save -o FILE", "save"), ("skopeo docker-daemon: → oci:", "skopeo"),
-                           ("layerhoard pull, cold", "cold"), ("layerhoard pull, cached", "cached")):
+        jobs = [("docker save -o FILE", "save", "save"), ("skopeo docker-daemon: → oci:", "skopeo", "save"),
+                ("layerhoard pull, cold (overlay2)", "cold", "save"),
+                ("layerhoard pull, cold (save stream)", "cold_stream", "save"),
+                ("layerhoard pull, cached", "cached", "save")]
+        if result.get("app_pull") is not None:
+            new = format_size(int(result["new_layer"]))  # type: ignore[call-overload]
+            jobs += [(f"+{new} layer: docker save -o FILE", "app_save", "app_save"),
+                     (f"+{new} layer: skopeo", "app_skopeo", "app_save"),
+                     (f"+{new} layer: layerhoard pull, base cached", "app_pull", "app_save")]
+        for label, key, yardstick in jobs:
             measured: Measured = result[key]  # type: ignore[assignment]
-            saves = {"cold": result["cold_saves"], "cached": result["cached_saves"]}.get(key, "")
-            rows.append([format_size(size), label, f"{measured.wall:.2f} s", f"{measured.wall / save.wall:.2f}x",
-                         f"{measured.cpu:.2f} s", f"{measured.peak_rss / 1e6:.0f} MB", saves])
+            against: Measured = result[yardstick]  # type: ignore[assignment]
+            rows.append([format_size(size), label, f"{measured.wall:.2f} s", f"{measured.wall / against.wall:.2f}x",
+                         f"{measured.cpu:.2f} s", f"{measured.peak_rss / 1e6:.0f} MB", result.get(f"{key}_saves", "")])
     info = machine(Path("/tmp"))
     header = (f"{info['cpu']}, {info['nproc']} cores, kernel {info['kernel']}, Python {info['python']}, "
-              f"{info['filesystem']}; median of {runs} run(s); a single layer; "
+              f"{info['filesystem']}; median of {runs} run(s); "
               f"load average {os.getloadavg()[0]:.2f} at the end\n\n")
     daemon_alone = "".join(
         f"- {format_size(int(r['size']))}: the daemon's save stream alone (read and dropped): "  # type: ignore[call-overload]
@@ -210,7 +320,7 @@ def report(results: list[dict[str, object]], runs: int) -> str:
         for r in results
     )
     return header + markdown_table(
-        ["image", "job", "wall", "vs docker save", "CPU (user+sys)", "peak RSS", "save calls"], rows
+        ["image", "job", "wall", "vs docker save of that image", "CPU (user+sys)", "peak RSS", "save calls"], rows
     ) + "\n" + daemon_alone
 
 
@@ -220,8 +330,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/layerhoard-bench-daemon")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--content", choices=["random", "mixed"], default="random",
-                        help="layer bytes: random (incompressible, the worst case) or mixed (half compresses 4:1)")
+    parser.add_argument("--content", choices=["random", "mixed", "real"], default="random",
+                        help="layer bytes: random (incompressible, the worst case), mixed (half compresses 4:1), "
+                             "or real (two layers: files from /usr, random bytes)")
+    parser.add_argument("--new-layer", default="0",
+                        help="then time an image of one more layer of this size on the cached base (like 10M)")
     parser.add_argument("--in-place", action="store_true",
                         help="run `python -m cli.main` with this interpreter instead of a fresh venv install")
     args = parser.parse_args(argv)
@@ -232,7 +345,8 @@ def main(argv: list[str]) -> int:
     layerhoard = LAYERHOARD if args.in_place else installed_layerhoard(work / "venv")
     daemon = Daemon(work / "dockerd")
     try:
-        results = [bench_size(daemon, work, size, args.runs, layerhoard, args.content) for size in sizes]
+        results = [bench_size(daemon, work, size, args.runs, layerhoard, args.content, parse_size(args.new_layer))
+                   for size in sizes]
     finally:
         daemon.stop()
         if not args.keep:
