@@ -453,3 +453,22 @@ def test_a_locked_referrer_is_fetched_by_its_digest(registry: Registry, tmp_path
     mark = registry.mark()
     cli(rebuild, "warm", "--locked", str(lock))
     assert registry.requests(mark) == []
+
+
+def test_buildx_attestations_under_unknown_platforms_are_not_locked(registry: Registry, tmp_path: Path) -> None:
+    layout = tmp_path / "buildx"
+    image = build_image(layout, [random_layer(20_000, 70)], write_tag=False)
+    attest = [build_image(layout, [random_layer(2_000, seed)], platform=("unknown", "unknown"), write_tag=False)
+              for seed in (71, 72)]  # one attestation manifest per platform, as buildx writes them
+    index_digest, _ = build_index(layout, [image, *attest], [("linux", "amd64"), ("unknown", "unknown"),
+                                                              ("unknown", "unknown")], "b")
+    ref = push(layout, "b", registry, f"buildx{uuid.uuid4().hex[:8]}/app:1", all_platforms=True)
+    source = tmp_path / "source"
+    cli(source, "warm", "--all-platforms", ref, "--lock", str(tmp_path / "b.lock"))
+    locked = read_lock(tmp_path / "b.lock").images[ref]
+    assert locked.digest == index_digest and locked.platforms == {"linux/amd64": image.manifest_digest}
+    cli(tmp_path / "rebuild", "warm", "--locked", str(tmp_path / "b.lock"))
+    assert names(tmp_path / "rebuild") == {ref: index_digest}
+    cli(source, "export", "--locked", str(tmp_path / "b.lock"), f"oci:{tmp_path / 'bundle'}")
+    cli(tmp_path / "site", "import", f"oci:{tmp_path / 'bundle'}")
+    assert names(tmp_path / "site") == {ref: index_digest}

@@ -42,7 +42,7 @@ from cache.store.attachments import attachments
 from cache.store.blobstore import BlobStore
 from cache.store.fsutil import write_atomic
 from cache.store.graph import COSIGN_SUFFIXES
-from cache.store.images import load_image
+from cache.store.images import CachedImage, load_image
 
 LOCK_VERSION = 1
 MAX_LOCK_BYTES = 64 << 20  # 100,000 images take about 40 MB: past this it is not a lock file
@@ -112,16 +112,30 @@ def lock_images(store: BlobStore, names: list[str]) -> LockFile:
             raise DeliveryError(f"cannot lock {name}: only registry images can be locked "
                                 "(a locked build pulls REPO:TAG@DIGEST)") from None
         image = load_image(store, name)
-        platforms: dict[str, Digest] = {}
-        for entry in image.stored_platforms():
-            platform = entry.platform or image.config.platform
-            platforms[str(platform) if platform else "unknown"] = entry.digest
+        platforms = _platforms(image)
         top = image.platforms.digest if image.platforms is not None else image.manifest.digest
         media_type = image.platforms.media_type if image.platforms is not None else image.manifest.media_type
         kept = {found.digest: Referrer(found.subject, found.artifact_type, found.via)
                 for found in sorted(attachments(store, [top]), key=lambda found: found.digest)}
         images[name] = LockedImage(name, top, media_type, platforms, kept)
     return LockFile(dict(sorted(images.items())))
+
+
+def _platforms(image: CachedImage) -> dict[str, Digest]:
+    """Each stored platform's manifest. An index's entries for no platform (buildx keeps its
+    attestations under ``unknown/unknown``, one per platform) are not images and are left out: a
+    locked pull takes each platform alone, and the index is named once those are stored."""
+    if image.platforms is None:
+        platform = image.config.platform
+        return {str(platform) if platform else "unknown": image.manifest.digest}
+    platforms: dict[str, Digest] = {}
+    for entry in image.stored_platforms():
+        if entry.platform is None or entry.platform.os == "unknown":
+            continue
+        if str(entry.platform) in platforms:
+            raise DeliveryError(f"cannot lock {image.ref}: its index lists two manifests for {entry.platform}")
+        platforms[str(entry.platform)] = entry.digest
+    return platforms
 
 
 def read_lock(path: Path) -> LockFile:
