@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.workload.generator import Generator, Spec, Workload
+from bench.workload.generator import Generator, Spec, WorkImage, Workload, code_layer
 from cache.delivery.lock import read_lock
 from cache.errors import DeliveryError
 from cache.model.digest import parse_digest
@@ -145,6 +145,29 @@ def test_two_deliveries_ship_only_the_change_and_the_site_ends_identical(
     assert imported["blobs_imported"] == 4 and imported["assumed"] == len(record["assumes"])
     assert names(site) == names(source)
     assert reachable(site) == reachable(source)  # byte-identical images
+
+    # delivery three: release two's images as locked, plus a new image on a base the site holds
+    base = built.images[1]
+    new = WorkImage(f"{base.name.split('/')[0]}/new:1", "registry", base.name)
+    generator.place(new, [*generator.base_tars[base.name], code_layer(77, 5000)])
+    cli(source, "warm", new.ref, "--lock", str(tmp_path / "new.lock"))
+    merged = subprocess.run(["jq", "-s", ".[0].images += .[1].images | .[0]", str(tmp_path / "two.lock"),
+                             str(tmp_path / "new.lock")], capture_output=True, text=True, check=True).stdout
+    (tmp_path / "three.lock").write_text(merged)
+    cli(site, "inventory", "-o", str(tmp_path / "site.json"))
+    mark = registry.mark()
+    cli(source, "warm", "--locked", str(tmp_path / "three.lock"))
+    assert registry.requests(mark) == []  # all of it cached: no request at all
+    third = tmp_path / "three.tar"
+    cli(source, "export", "--locked", str(tmp_path / "three.lock"), "--exclude-from", str(tmp_path / "site.json"),
+        f"oci-archive:{third}")
+    new_top = read_lock(tmp_path / "new.lock").images[new.ref].digest
+    store = BlobStore(source)
+    expected = set(blobs_of(store, new_top)) - set(blobs_of(store, parse_digest(names(source)[base.ref])))
+    store.close()
+    assert set(bundle_blobs(third)) == {str(d) for d in expected} | manifests | {str(new_top)}
+    cli(site, "import", f"oci-archive:{third}")
+    assert names(site) == names(source) and reachable(site) == reachable(source)
 
     # skopeo and podman read the site's cache, and skopeo the full bundle
     name = f"{registry.host}/{changed[0].name}"
