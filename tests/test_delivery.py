@@ -151,9 +151,9 @@ def test_two_deliveries_ship_only_the_change_and_the_site_ends_identical(
     new = WorkImage(f"{base.name.split('/')[0]}/new:1", "registry", base.name)
     generator.place(new, [*generator.base_tars[base.name], code_layer(77, 5000)])
     cli(source, "warm", new.ref, "--lock", str(tmp_path / "new.lock"))
-    merged = subprocess.run(["jq", "-s", ".[0].images += .[1].images | .[0]", str(tmp_path / "two.lock"),
-                             str(tmp_path / "new.lock")], capture_output=True, text=True, check=True).stdout
-    (tmp_path / "three.lock").write_text(merged)
+    merged = json.loads((tmp_path / "two.lock").read_text())  # what airgap.md's jq line does
+    merged["images"].update(json.loads((tmp_path / "new.lock").read_text())["images"])
+    (tmp_path / "three.lock").write_text(json.dumps(merged))
     cli(site, "inventory", "-o", str(tmp_path / "site.json"))
     mark = registry.mark()
     cli(source, "warm", "--locked", str(tmp_path / "three.lock"))
