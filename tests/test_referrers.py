@@ -32,7 +32,7 @@ from cache.upkeep.gc import gc
 from cache.upkeep.prune import PrunePolicy, prune
 from cache.upkeep.rebuild_index import rebuild_index
 from cli.main import main
-from tests.images import build_image, push, random_layer
+from tests.images import build_image, push, random_layer, sha256
 from tests.referrer_makers import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -41,6 +41,7 @@ from tests.referrer_makers import (
     Made,
     cosign_sign,
     oras_attach,
+    put_manifest,
     write_tag_schema,
 )
 from tests.services import Registry, start_registry
@@ -335,3 +336,16 @@ def test_push_cache_carries_them_to_a_second_registry_and_a_teammate_gets_them_f
     assert registry.requests(mark) == []  # the origin is not asked: the remote holds the image and them
     assert {r["digest"] for r in json.loads(result.stdout)["referrers"]} == {made.digest for made in signed.made}
     assert_kept_byte_for_byte(teammate, signed.made)
+
+
+def test_serve_lists_an_index_that_refers_too(store: BlobStore, registry: Registry, signed: Signed) -> None:
+    pull(store, signed.ref)
+    with start(store, default_registry=registry.host, allow_push=True) as server:
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": "application/vnd.example.set",
+                            "manifests": [{"mediaType": OCI_MANIFEST, "digest": signed.sbom.digest,
+                                           "size": len(signed.sbom.manifest)}],
+                            "subject": {"mediaType": OCI_MANIFEST, "digest": signed.digest, "size": 1}}).encode()
+        put_manifest(f"http://{server.host}", signed.repo, sha256(index), index, OCI_INDEX)
+        listed = requests.get(f"http://{server.host}/v2/{signed.repo}/referrers/{signed.digest}", timeout=10).json()
+        assert {(m["digest"], m.get("artifactType")) for m in listed["manifests"]} == {
+            (signed.sbom.digest, SBOM_TYPE), (sha256(index), "application/vnd.example.set")}

@@ -284,12 +284,14 @@ class RemoteTier:
         """What travels with the image, after it (registries may refuse a subject they lack): each
         referrer's blobs, then the referrer by digest, and the remote's tag schema where it has no
         referrers API; each cosign manifest under its tag."""
-        attached = attachments(store, [top.digest])
-        for item in attached:
-            for blob in (item.manifest.config, *item.manifest.layers):
+        # an index as a referrer is not pushed: the manifests it names may not all be here
+        attached = [(item, item.manifest) for item in attachments(store, [top.digest])
+                    if isinstance(item.manifest, Manifest)]
+        for item, manifest in attached:
+            for blob in (manifest.config, *manifest.layers):
                 _count(summary, self._push_blob(store, blob.digest, blob.size, None), blob.size)
-            summary.manifests_put += self._put_manifest(item.manifest, item.cosign_tag or str(item.digest))
-        for subject in dict.fromkeys(item.subject for item in attached if item.cosign_tag is None):
+            summary.manifests_put += self._put_manifest(manifest, item.cosign_tag or str(item.digest))
+        for subject in dict.fromkeys(item.subject for item, _ in attached if item.cosign_tag is None):
             summary.manifests_put += self._keep_tag_schema(store, subject)
 
     def _keep_tag_schema(self, store: BlobStore, subject: Digest) -> int:

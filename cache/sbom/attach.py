@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from cache.errors import LayerhoardError
 from cache.model.digest import Digest
-from cache.model.manifests import OCI_MANIFEST
+from cache.model.manifests import OCI_MANIFEST, Manifest
 from cache.sbom.formats import render
 from cache.sbom.generate import ImageSbom, image_sbom
 from cache.store.attachments import Attached, attachments
@@ -69,7 +69,7 @@ def attached_sbom(image: CachedImage, format_name: str) -> tuple[Attached, bytes
         return None
     roots = [image.digest] + ([image.platforms.digest] if image.platforms is not None else [])
     for attached in attachments(image.store, roots, depth=1):
-        if attached.subject not in roots:
+        if attached.subject not in roots or not isinstance(attached.manifest, Manifest):
             continue  # the index's platform manifests: another platform's SBOM
         layers = [blob for blob in attached.manifest.layers if blob.media_type in kinds]
         if attached.artifact_type in kinds and len(attached.manifest.layers) == 1:

@@ -28,6 +28,7 @@ from cache.store.attachments import attachments
 from cache.store.blobstore import LAYOUT_VERSION, BlobStore
 from cache.store.folder import Folder
 from cache.store.fsutil import replacing, write_atomic
+from cache.store.images import blobs_of
 
 
 @dataclass
@@ -80,9 +81,10 @@ def write_attachments(store: BlobStore, exported: list[Digest], directory: Path)
     and each cosign-tag manifest named by its tag (``sha256-<hex>.sig``), as a registry holds it."""
     result = LayoutResult()
     for attached in attachments(store, exported):
-        manifest = attached.manifest
-        blobs = [manifest.config.digest, *(blob.digest for blob in manifest.layers), manifest.digest]
-        result += write_layout(store, blobs, manifest.descriptor(), directory, attached.cosign_tag)
+        blobs = list(blobs_of(store, attached.digest))
+        if all(store.has(digest) for digest in blobs):  # an index referrer whose manifests were never pulled: left out
+            entry = Descriptor(attached.manifest.media_type, attached.digest, len(attached.manifest.raw))
+            result += write_layout(store, blobs, entry, directory, attached.cosign_tag)
     return result
 
 

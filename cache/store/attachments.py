@@ -28,7 +28,7 @@ class Attached(NamedTuple):
     ``cosign:<suffix>`` (it is what cosign's tag ``sha256-<hex>.<suffix>`` of ``subject`` holds)."""
 
     subject: Digest
-    manifest: Manifest
+    manifest: Manifest | Index  # an index may refer too (the referrers API lists it; little else takes one)
     artifact_type: str
     via: str
 
@@ -53,8 +53,7 @@ class Attached(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         return {"subject": str(self.subject), "digest": str(self.digest), "media_type": self.manifest.media_type,
-                "artifact_type": self.artifact_type, "via": self.via,
-                "size": len(self.manifest.raw) + self.manifest.config.size + sum(b.size for b in self.manifest.layers)}
+                "artifact_type": self.artifact_type, "via": self.via, "size": size_of(self.manifest)}
 
 
 def cosign_tag(subject: Digest, suffix: str) -> str:
@@ -62,10 +61,20 @@ def cosign_tag(subject: Digest, suffix: str) -> str:
     return f"sha256-{subject.hex}.{suffix}"
 
 
-def artifact_kind(manifest: Manifest) -> str:
+def artifact_kind(manifest: Manifest | Index) -> str:
     """What an attached manifest is: its artifactType, else its config's media type (the rule of
-    the referrers API)."""
-    return manifest.artifact_type or manifest.config.media_type
+    the referrers API); an index has no config: its artifactType or nothing."""
+    if isinstance(manifest, Manifest):
+        return manifest.artifact_type or manifest.config.media_type
+    declared = json.loads(manifest.raw).get("artifactType")
+    return declared if isinstance(declared, str) else ""
+
+
+def size_of(manifest: Manifest | Index) -> int:
+    """A manifest's bytes and those of what it names (an index: its manifests' own bytes)."""
+    if isinstance(manifest, Manifest):
+        return len(manifest.raw) + manifest.config.size + sum(blob.size for blob in manifest.layers)
+    return len(manifest.raw) + sum(entry.size for entry in manifest.manifests)
 
 
 def stored_manifest(store: BlobStore, digest: Digest) -> Manifest | Index | None:
@@ -92,7 +101,7 @@ def attached_to(store: BlobStore, subject: Digest) -> Iterator[Attached]:
     edges += [(digest, f"cosign:{suffix}") for digest, suffix in sorted(cosign_tags(store, subject).items())]
     for digest, via in edges:
         manifest = stored_manifest(store, digest)
-        if isinstance(manifest, Manifest):  # deleted or evicted since it was linked: left out
+        if manifest is not None:  # deleted or evicted since it was linked: left out
             yield Attached(subject, manifest, artifact_kind(manifest), via)
 
 
