@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from cache.errors import LayerhoardError
+from cache.errors import InvalidDigest, LayerhoardError
+from cache.model.digest import Digest, parse_digest
 from cache.store.folder import Folder, UnsafeFile
 from cache.store.fsutil import write_atomic
 
@@ -39,6 +41,31 @@ def ref_name_of(entry: Entry) -> str | None:
         name = annotations.get(REF_NAME)
         return name if isinstance(name, str) else None
     return None
+
+
+class IndexEntry(NamedTuple):
+    """One entry of index.json, typed: its name (None when another tool listed it unnamed), the
+    manifest it points at, and the entry as stored (annotations, platform), to write back unchanged."""
+
+    name: str | None
+    digest: Digest
+    media_type: str
+    size: int
+    raw: Entry
+
+
+def typed_entries(entries: Iterable[Entry]) -> list[IndexEntry]:
+    """``entries`` typed; an entry without a valid digest (damage, or a tool we do not know) is left out."""
+    out = []
+    for entry in entries:
+        try:
+            digest = parse_digest(entry.get("digest"))  # type: ignore[arg-type]
+        except InvalidDigest:
+            continue
+        media_type, size = entry.get("mediaType"), entry.get("size")
+        out.append(IndexEntry(ref_name_of(entry), digest, media_type if isinstance(media_type, str) else "",
+                              size if isinstance(size, int) else 0, entry))
+    return out
 
 
 def parse_entries(raw: bytes, what: str) -> list[Entry]:

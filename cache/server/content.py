@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cache.errors import BlobNotFound, InvalidDigest, InvalidManifest, InvalidReference
-from cache.formats.index_json import ref_name_of
+from cache.formats.index_json import IndexEntry
 from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import MAX_MANIFEST_BYTES, Index, Platform, parse_manifest_or_index
 from cache.model.refs import SERVED_KINDS, ImageRef, served_name
@@ -113,20 +113,19 @@ def accepted_types(headers: list[str]) -> list[str]:
     return [part.split(";")[0].strip() for header in headers for part in header.split(",") if part.strip()]
 
 
-def named_entries(entries: list[dict[str, object]]) -> Iterator[tuple[ImageRef, dict[str, object]]]:
+def named_entries(entries: list[IndexEntry]) -> Iterator[tuple[ImageRef, IndexEntry]]:
     """index.json's entries with the image names they carry; names we did not write are left out."""
     for entry in entries:
-        name = ref_name_of(entry)
-        if not name:
+        if not entry.name:
             continue
         try:
-            yield ImageRef.parse(served_name(name)), entry
+            yield ImageRef.parse(served_name(entry.name)), entry
         except InvalidReference:
             continue  # a name we did not write: not ours to serve
 
 
 def _stored_refs(store: BlobStore) -> list[ImageRef]:
-    return [ref for ref, _ in named_entries(store.images())]
+    return [ref for ref, _ in named_entries(store.index_entries())]
 
 
 def known_name(store: BlobStore, repo: Repository) -> bool:

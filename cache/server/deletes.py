@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from cache.formats.index_json import ref_name_of
+from cache.formats.index_json import typed_entries
 from cache.model.digest import Digest
 from cache.model.manifests import subject_of
 from cache.server.content import named_entries, stored_manifest, tagged_entry
@@ -81,12 +81,13 @@ def delete_manifest(store: BlobStore, repo: Repository, digest: Digest, deleted:
         raise RegistryError("MANIFEST_UNKNOWN", "manifest unknown", {"digest": str(digest)})
     with store.index_json_lock():
         entries = store.images()
-        dropped = [entry for ref, entry in named_entries(entries)
-                   if ref.name == repo.full and entry.get("digest") == str(digest)]
+        dropped = [entry for ref, entry in named_entries(typed_entries(entries))
+                   if ref.name == repo.full and entry.digest == digest]
         if dropped:
-            store.replace_images([entry for entry in entries if entry not in dropped])
+            gone = {id(entry.raw) for entry in dropped}  # the very dicts of ``entries``
+            store.replace_images([entry for entry in entries if id(entry) not in gone])
             for entry in dropped:
-                _forget(store, str(ref_name_of(entry)))
+                _forget(store, str(entry.name))
         named = subject_of(body.raw)
         if named is not None:
             unlink_referrer(store, named[0], digest)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from cache.errors import BlobNotFound, LayerhoardError, SizeMismatch
-from cache.formats.index_json import REF_NAME, NameFile, ref_name_of
+from cache.formats.index_json import REF_NAME, IndexEntry, NameFile, ref_name_of, typed_entries
 from cache.model.digest import CHUNK, Digest, Hasher, check, hash_fd, iter_chunks, parse_digest, sha256_of
 from cache.store.folder import Folder, UnsafeFile
 from cache.store.fsutil import InUse, write_atomic
@@ -538,6 +538,10 @@ class BlobStore:
     def images(self) -> list[dict[str, object]]:
         """The descriptors of index.json, each with its ref name annotation."""
         return self.names.entries()
+
+    def index_entries(self) -> list[IndexEntry]:
+        """index.json's entries, typed: name, digest, media type, size (see cache/formats/index_json.py)."""
+        return typed_entries(self.names.entries())
 
     def image_descriptor(self, ref: str) -> dict[str, object] | None:
         for entry in self.images():

@@ -17,9 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache.errors import InvalidDigest
-from cache.formats.index_json import ref_name_of
-from cache.model.digest import Digest, parse_digest
+from cache.model.digest import Digest
 from cache.store.blobstore import BlobStore
 from cache.store.graph import ContentGraph
 from cache.store.images import blobs_of
@@ -48,13 +46,8 @@ class Contents:
             self.known[root] = set(blobs_of(store, root, self.graph))
         return self.known[root]
 
-    def image_size(self, store: BlobStore, digest: object) -> int:
-        """The bytes of every blob an image reaches, shared ones included; 0 for a digest that
-        does not parse (a damaged index.json entry)."""
-        try:
-            root = parse_digest(digest)  # type: ignore[arg-type]
-        except InvalidDigest:
-            return 0
+    def image_size(self, store: BlobStore, root: Digest) -> int:
+        """The bytes of every blob an image reaches, shared ones included."""
         return sum(self.sizes.get(blob, 0) for blob in self.blobs(store, root))
 
 
@@ -65,15 +58,15 @@ def image_list(store: BlobStore, contents: Contents | None = None) -> dict[str, 
     records = dict(store.index.images())  # one query, not one per image
     unverified, mismatched = _unsettled(store)
     rows = []
-    for entry in store.images():
-        ref = ref_name_of(entry) or ""
+    for entry in store.index_entries():  # an entry whose digest does not parse is damage: left out
+        ref = entry.name or ""
         record = records.get(ref) or {}
-        blobs = _image_blobs(store, contents, entry.get("digest"))
+        blobs = contents.blobs(store, entry.digest)
         rows.append({
             "ref": ref,
-            "digest": entry.get("digest"),
-            "size": contents.image_size(store, entry.get("digest")),
-            "media_type": entry.get("mediaType"),
+            "digest": str(entry.digest),
+            "size": contents.image_size(store, entry.digest),
+            "media_type": entry.media_type,
             "platform": record.get("platform"),
             "source": record.get("source"),
             "last_used": record.get("last_used"),
@@ -88,13 +81,6 @@ def _unsettled(store: BlobStore) -> tuple[set[Digest], set[Digest]]:
     """Layers whose diff_id a pull left to check later, and layers whose bytes refuted their
     config's diff_id (cache/store/diffids.py)."""
     return set(store.index.pending_diff_ids()), set(store.index.refuted_diff_ids())
-
-
-def _image_blobs(store: BlobStore, contents: Contents, digest: object) -> set[Digest]:
-    try:
-        return contents.blobs(store, parse_digest(digest))  # type: ignore[arg-type]
-    except InvalidDigest:
-        return set()
 
 
 def disk_usage(store: BlobStore, contents: Contents | None = None) -> dict[str, Any]:

@@ -55,13 +55,7 @@ def usage(store: BlobStore, sizes: dict[Digest, int] | None = None, graph: Conte
 
 
 def image_roots(store: BlobStore) -> list[Digest]:
-    roots = []
-    for entry in store.images():
-        try:
-            roots.append(parse_digest(entry.get("digest")))  # type: ignore[arg-type]
-        except InvalidDigest:
-            continue
-    return roots
+    return [entry.digest for entry in store.index_entries()]  # unnamed entries too: another tool's
 
 
 def pinned_roots(store: BlobStore) -> list[Digest]:

@@ -110,7 +110,7 @@ def resolve_ref(store: BlobStore, text: str) -> str:
     """The index.json name ``text`` means: as written (``ls`` names), else normalised the way pull
     records it (``alpine`` → ``docker.io/library/alpine:latest``, ``docker-daemon:app:1`` →
     ``docker-daemon:docker.io/library/app:1``). Raises ImageNotFound for an image that is not cached."""
-    stored = {ref_name_of(entry) or "" for entry in store.images()}
+    stored = {entry.name for entry in store.index_entries()}
     for candidate in _candidates(text):
         if candidate in stored:
             return candidate
@@ -146,12 +146,8 @@ def free_space(store: BlobStore) -> int:
 def _entries(store: BlobStore, known: dict[Digest, set[Digest]], graph: ContentGraph) -> list[ImageEntry]:
     out = []
     used = store.index.last_used_of_images()  # one query, not one per image
-    for entry in store.images():
-        ref = ref_name_of(entry) or ""
-        try:
-            digest = parse_digest(entry.get("digest"))  # type: ignore[arg-type]
-        except InvalidDigest:
-            continue
+    for entry in store.index_entries():
+        ref, digest = entry.name or "", entry.digest
         last_used = used.get(ref, 0.0)
         if not last_used:  # no record (a rebuilt or lost index): the manifest's age stands in
             with contextlib.suppress(BlobNotFound):

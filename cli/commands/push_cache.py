@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from cache.formats.index_json import REF_NAME
 from cache.remote.tier import PushSummary, push_cached
 from cache.sources import DEFAULT_JOBS
 from cache.store.blobstore import BlobStore
@@ -55,9 +54,4 @@ def push_cache_command(ctx: Context, refs: tuple[str, ...], jobs: int, insecure:
 
 
 def _cached_names(store: BlobStore) -> list[str]:
-    names = set()
-    for entry in store.images():
-        annotations = entry.get("annotations")
-        if isinstance(annotations, dict) and isinstance(annotations.get(REF_NAME), str):
-            names.add(annotations[REF_NAME])
-    return sorted(names)
+    return sorted({entry.name for entry in store.index_entries() if entry.name})
