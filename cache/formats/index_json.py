@@ -78,6 +78,16 @@ def parse_entries(raw: bytes, what: str) -> list[Entry]:
     return [entry for entry in manifests if isinstance(entry, dict)] if isinstance(manifests, list) else []
 
 
+def read_entries(path: str | os.PathLike[str], what: str) -> list[Entry]:
+    """The entries of the index.json at ``path`` (a layout we did not write: read with the same
+    size bound as our own). FileNotFoundError when there is none."""
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_INDEX_JSON + 1)
+    if len(raw) > MAX_INDEX_JSON:
+        raise LayerhoardError(f"{what} is more than {MAX_INDEX_JSON} bytes: not an index of images")
+    return parse_entries(raw, what)
+
+
 def encode_line(entry: Entry) -> bytes:
     return json.dumps(entry, sort_keys=True).encode()
 

@@ -7,7 +7,6 @@ podman's convention for images that came from no registry. ``name`` overrides bo
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -15,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidReference, SourceError
-from cache.formats.index_json import REF_NAME
+from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidReference, LayerhoardError, SourceError
+from cache.formats.index_json import REF_NAME, read_entries
 from cache.ingest.blobs import BlobPuller, Fetch
 from cache.ingest.commit import Arrival, commit
 from cache.ingest.referrers import ReferrerOptions, fetch_referrers, subjects_to_ask
@@ -51,14 +50,11 @@ def _read_index(root: Path) -> list[Descriptor]:
     if not (root / "oci-layout").is_file():
         raise SourceError(f"{root} is not an OCI image layout (no oci-layout file)")
     try:
-        document = json.loads((root / "index.json").read_bytes())
+        entries = read_entries(root / "index.json", f"{root}/index.json")
     except FileNotFoundError:
         raise SourceError(f"{root} is not an OCI image layout (no index.json)") from None
-    except ValueError as error:
-        raise SourceError(f"{root}/index.json is not valid JSON: {error}") from None
-    entries = document.get("manifests") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise SourceError(f"{root}/index.json has no manifests list")
+    except LayerhoardError as error:
+        raise SourceError(str(error)) from None
     return [Descriptor.from_json(entry, f"{root}/index.json") for entry in entries]
 
 
