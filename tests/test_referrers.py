@@ -18,7 +18,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from cache.errors import DigestMismatch
+import cache.ingest.referrers as referrers_module
+from cache.errors import DigestMismatch, InvalidManifest
 from cache.formats.index_json import REF_NAME
 from cache.ingest.pull import PullOptions, pull
 from cache.ingest.referrers import ReferrerOptions
@@ -41,6 +42,7 @@ from tests.referrer_makers import (
     Made,
     cosign_sign,
     oras_attach,
+    push_blob,
     put_manifest,
     write_tag_schema,
 )
@@ -349,3 +351,19 @@ def test_serve_lists_an_index_that_refers_too(store: BlobStore, registry: Regist
         listed = requests.get(f"http://{server.host}/v2/{signed.repo}/referrers/{signed.digest}", timeout=10).json()
         assert {(m["digest"], m.get("artifactType")) for m in listed["manifests"]} == {
             (signed.sbom.digest, SBOM_TYPE), (sha256(index), "application/vnd.example.set")}
+
+
+def test_an_untrusted_registry_cannot_make_a_pull_fetch_without_end_nor_slip_in_another_image_s_referrer(
+        store: BlobStore, registry: Registry, signed: Signed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(referrers_module, "MAX_REFERRERS", 2)
+    assert len(pull(store, signed.ref).referrers) == 2  # of the three it holds
+
+    other = Signed(registry, tmp_path / "other", f"{signed.repo}-x", seed=7)  # its tag schema lists a stranger
+    for data in signed.sbom.blobs.values():
+        push_blob(registry.url, other.repo, data)
+    put_manifest(registry.url, other.repo, signed.sbom.digest, signed.sbom.manifest)
+    write_tag_schema(registry.url, other.repo, other.digest, [other.sbom, signed.sbom])
+    fresh = BlobStore(tmp_path / "fresh")
+    with pytest.raises(InvalidManifest, match=f"listed for {other.digest} but names {signed.digest}"):
+        pull(fresh, other.ref)
+    assert not fresh.has(parse_digest(signed.sbom.digest))
