@@ -250,7 +250,8 @@ def targets(runs: list[PathRun], changed: WorkImage) -> list[tuple[str, bool, st
         ("cached build reads no layer bytes from registry or daemon", cached.blob_gets == 0 and cached.saves == 0,
          f"{cached.blob_gets} blob GETs, {cached.saves} save streams, layerhoard reports "
          f"{cached.reported_fetched} bytes fetched"),
-        ("one-layer change: only that image is saved, only its new layer compressed and stored",
+        ("one-layer change: at most that image is saved (none when dockerd's storage is read), only its new "
+         "layer compressed and stored",
          one.blob_gets == 0 and one.saved_images in ([changed.name], []) and 0 <= one.new_blobs <= 3,
          f"{one.saves} save stream(s) of {', '.join(one.saved_images) or 'nothing'} (but {mb(one.daemon_bytes)} on "
          f"the wire: the Engine API saves whole images), {one.blob_gets} blob GETs, {one.new_blobs} new blobs in the "
