@@ -20,6 +20,7 @@ from cache.model.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from cache.model.refs import DaemonSource
 from cache.sources.daemon import NO_STORAGE_READS, pull_from_daemon
 from cache.store.blobstore import BlobStore
+from cache.store.diffids import claim_lock
 from cache.store.images import load_image
 from tests.images import (
     OCI_MANIFEST,
@@ -111,6 +112,19 @@ def test_cli_pull_checks_its_claims_in_the_background(registry: Registry, tmp_pa
     assert store.index.pending_diff_ids() == {}
     again = cli_json(cache, "pull", ref)  # cached: nothing left to check
     assert [(layer["reused"], layer["diff_id"]) for layer in again["layers"]] == [(True, image.diff_ids[0])]  # type: ignore[index]
+
+
+def test_a_check_that_dies_leaves_its_claims_to_the_next(registry: Registry, store: BlobStore, tmp_path: Path) -> None:
+    image = build_image(tmp_path / "img", [random_layer(200_000, 71)], tag="1")
+    deferred_pull(store, push(image.layout, "1", registry, "claims/died:1"))
+    layer = parse_digest(image.layers[0].digest)
+    with claim_lock(store, layer):  # a background check is hashing it
+        busy = cli_json(store.root, "verify", "--diff-ids")["diff_ids"]  # what pull starts: leaves it alone
+        assert busy == {"checked": 0, "verified": 0, "refuted": [], "pending": 1}
+    # that check was killed (its lock went with it): the claim is still pending, and still shown
+    assert cli_json(store.root, "du")["diff_ids_unverified"] == 1 and store.index.diff_id_of(layer) is None
+    assert cli_json(store.root, "verify", "--diff-ids")["diff_ids"]["verified"] == 1
+    assert str(store.index.diff_id_of(layer)) == image.diff_ids[0]
 
 
 def test_refuted_claim_is_never_recorded_and_verify_reports_it(

@@ -6,7 +6,9 @@ thirds of a cold pull's CPU on a gzip-6 image of real files (bench/pull.py: 2.1 
 digest and size are checked and records what its config says it uncompresses to as a *claim*
 (``pending/<blob>`` in the metadata index); once the command has printed its result,
 :func:`start_background_check` starts a detached ``layerhoard verify --diff-ids`` that settles
-every claim. The library's own pulls (the Python API, serve) still check as they stream.
+every claim. A process, not a thread: a thread must end before the command exits, so the command
+would take as long as before. The library's own pulls (the Python API, serve) still check as
+they stream.
 
 What it trusts: nothing. A claim is never read as a pair (invariant 4: a pair is recorded only by
 :func:`check_claim`, after hashing the uncompressed bytes here). Whatever needs a pair asks here
@@ -52,7 +54,8 @@ class ClaimCheck(NamedTuple):
         return {"blob": str(self.blob), "diff_id": str(self.diff_id), "found": self.found}
 
 
-def _lock(store: BlobStore, blob: Digest, wait: bool) -> contextlib.AbstractContextManager[bool]:
+def claim_lock(store: BlobStore, blob: Digest, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """Held while one process checks ``blob``'s claims; a process that dies lets go of it."""
     return store.locks_folder.lock(f"diffid-{blob.hex}.lock", blocking=wait)
 
 
@@ -61,7 +64,7 @@ def check_claim(store: BlobStore, blob: Digest, diff_id: Digest, media_type: str
     """Settle the claim that stored ``blob`` uncompresses to ``diff_id``: hash it here (once, under
     the blob's lock), then record the pair or the refutation. None when ``wait`` is False and
     another process is checking it. BlobNotFound when the blob is not stored (evicted meanwhile)."""
-    with _lock(store, blob, wait) as held:
+    with claim_lock(store, blob, wait) as held:
         if not held:
             return None
         known = store.index.diff_id_of(blob)
