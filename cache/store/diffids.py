@@ -26,6 +26,8 @@ pull's background check takes them up.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -37,6 +39,7 @@ from cache.model.manifests import compression_of
 from cache.store.blobstore import BlobStore
 
 CHECKERS = 2  # gunzip and sha256 release the GIL: one layer per core
+CHECK_LOCK = "diffid-check.lock"  # shared by every background check while it runs
 
 
 class ClaimCheck(NamedTuple):
@@ -167,7 +170,10 @@ class ClaimsReport(NamedTuple):
 
 
 def settle_claims(store: BlobStore, *, wait: bool = True) -> ClaimsReport:
-    """``verify``: settle every pending claim (see :func:`check_pending`), then list the refuted ones."""
+    """``verify``: settle every pending claim (see :func:`check_pending`), then list the refuted ones.
+    With ``wait``, background checks under way end first (:func:`wait_for_background_checks`)."""
+    if wait:
+        wait_for_background_checks(store)
     checked = check_pending(store, wait=wait)
     return ClaimsReport(checked, list(refuted_claims(store)), len(store.index.pending_diff_ids()))
 
@@ -180,16 +186,42 @@ def refuted_claims(store: BlobStore) -> Iterator[ClaimCheck]:
 
 
 def start_background_check(store: BlobStore) -> bool:
-    """After a command has printed its result: a detached ``layerhoard verify --diff-ids`` when
-    claims are pending. True when one was started."""
+    """After a command has printed its result: a detached ``layerhoard verify --diff-ids
+    --background`` when claims are pending. True when one was started.
+
+    The child inherits a shared lock on ``locks/diffid-check.lock``, taken here before it starts, so
+    :func:`wait_for_background_checks` cannot miss a check that is still starting up.
+    """
     if not store.index.pending_diff_ids():
         return False
-    command = [sys.executable, "-m", "cli.main", "--cache-dir", str(store.root), "-q", "verify", "--diff-ids"]
     import subprocess  # here: only a command that fetched layers pays for loading it
 
+    command = [sys.executable, "-m", "cli.main", "--cache-dir", str(store.root), "-q", "verify", "--diff-ids",
+               "--background"]
+    fd = _shared_lock(store)
     try:
         subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, close_fds=True)
+                         stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(fd,))
     except OSError:
         return False  # the claims stay pending: the next use or `verify` settles them
+    finally:
+        os.close(fd)  # the child's copy keeps the lock until it exits
     return True
+
+
+def wait_for_background_checks(store: BlobStore) -> None:
+    """Return once every background check started so far has ended (a script that removes the cache
+    folder right after a pull runs ``layerhoard verify --diff-ids`` first)."""
+    with store.locks_folder.lock(CHECK_LOCK):
+        pass
+
+
+def _shared_lock(store: BlobStore) -> int:
+    """A descriptor holding a shared flock on the check lock (gc removes only lock files it can lock)."""
+    while True:
+        fd = store.locks_folder.open_or_create(CHECK_LOCK, 0o664)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        info, mine = store.locks_folder.lstat(CHECK_LOCK), os.fstat(fd)
+        if info is not None and (info.st_dev, info.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)  # removed while we waited: lock the new one

@@ -62,16 +62,19 @@ def du_command(ctx: Context) -> None:
 @click.option("--fast", "mode", flag_value="fast", default=True, help="Check blake3 recorded at ingest (default).")
 @click.option("--full", "mode", flag_value="full", help="Check sha256 against each blob's name.")
 @click.option("--diff-ids", "mode", flag_value="diff-ids",
-              help="Only check the layers' diff_ids that pulls left to check later (pull starts this itself).")
+              help="Only check the layers' diff_ids that pulls left to check later (waits for the check a pull "
+                   "started).")
 @click.option("--repair", is_flag=True, help="Also forget corrupt blobs so the next pull fetches them again.")
+@click.option("--background", is_flag=True, hidden=True,
+              help="The check a pull starts: waits for no other check and leaves a layer another one is checking.")
 @pass_context
-def verify_command(ctx: Context, mode: str, repair: bool) -> None:
+def verify_command(ctx: Context, mode: str, repair: bool, background: bool) -> None:
     """Re-hash every blob (corrupt ones are moved aside and never served), then check every diff_id
     a pull left to check later; report the layers whose bytes do not match their config's diff_id."""
     from cache.store.diffids import settle_claims
 
     checked, corrupt = (0, []) if mode == "diff-ids" else ctx.store.verify(full=mode == "full", repair=repair)
-    claims = settle_claims(ctx.store, wait=mode != "diff-ids")  # the background check leaves busy ones
+    claims = settle_claims(ctx.store, wait=not background)
     data = {
         "checked": checked,
         "mode": mode,
