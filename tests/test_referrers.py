@@ -172,6 +172,16 @@ def test_a_referrer_whose_bytes_do_not_match_its_digest_is_refused_and_nothing_i
         assert ContentGraph.load(store).referrers.get(signed.digest) is None
 
 
+def test_a_bad_referrer_fails_the_pull_before_the_image_is_named_and_the_next_pull_asks_again(
+        store: BlobStore, registry: Registry, signed: Signed) -> None:
+    with tampered(registry, signed.sbom.digest), pytest.raises(DigestMismatch):
+        pull(store, signed.ref)  # a first pull: no --refresh-referrers needed
+    assert store.index_entries() == []  # nothing named: the image is not half there
+    report = pull(store, signed.ref)  # asked again, without any flag
+    assert signed.sbom.digest in {r.digest for r in report.referrers}
+    assert store.has(parse_digest(signed.sbom.digest)) and len(store.index_entries()) == 1
+
+
 def test_gc_keeps_a_referrer_with_its_subject_and_drops_it_with_its_subject(
         store: BlobStore, registry: Registry, signed: Signed) -> None:
     pull(store, signed.ref)

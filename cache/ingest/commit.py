@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cache.ingest.report import LayerReport, PullReport
+from cache.ingest.report import LayerReport, PullReport, ReferrerReport
 from cache.model.digest import parse_digest
 from cache.model.manifests import Index, Manifest, Platform, subject_of
 from cache.store.blobstore import BlobStore
@@ -45,6 +45,7 @@ class Arrival:
     bytes_fetched: int = 0
     bytes_from_remote: int = 0
     requests: int = 0
+    referrers: list[ReferrerReport] = field(default_factory=list)  # fetched with it (cache/ingest/referrers.py)
 
 
 def store_manifest(store: BlobStore, manifest: Manifest | Index, source: str) -> None:
@@ -76,6 +77,7 @@ def commit(store: BlobStore, arrival: Arrival, names: Sequence[str], started: fl
     report.bytes_from_remote = arrival.bytes_from_remote
     report.bytes_reused = sum(layer.size for layer in arrival.layers if layer.reused)
     report.requests = arrival.requests
+    report.referrers = arrival.referrers
     if started is not None:
         report.seconds = round(time.monotonic() - started, 3)
     return report

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from cache.errors import DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch, SourceError
 from cache.ingest.blobs import BlobPuller
+from cache.ingest.commit import Arrival
 from cache.ingest.report import PullReport, ReferrerReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import (
@@ -255,10 +256,11 @@ def subjects_to_ask(store: BlobStore, manifests: Iterable[Manifest | Index], opt
     return list(dict.fromkeys(m.digest for m in manifests if options.refresh or not store.has(m.digest)))
 
 
-def add_registry_referrers(store: BlobStore, report: PullReport, source: RegistryReferrers, subjects: list[Digest],
-                           options: ReferrerOptions) -> None:
+def add_registry_referrers(store: BlobStore, report: PullReport | Arrival, source: RegistryReferrers,
+                           subjects: list[Digest], options: ReferrerOptions) -> None:
     """Fetch the referrers of ``subjects`` from a registry into ``report`` (its requests and bytes
-    counted with the pull's)."""
+    counted with the pull's). Given an Arrival, it runs before the image is named: a referrer that
+    fails its checks fails the pull with nothing named, and the next pull asks again."""
     if not subjects:
         return
     client = source.client

@@ -140,12 +140,11 @@ def pull_from_layout(
     arrival = Arrival(str(source), top, [manifest], chosen=manifest, platform=chosen or pulled.config.platform,
                       layers=pulled.layers)
     subjects = subjects_to_ask(store, [top, manifest], referrers or ReferrerOptions())
-    report = commit(store, arrival, [image_name], started)
-    if subjects:  # what export oci: wrote beside the image (cache/sources/layout_referrers.py)
+    if subjects:  # what export oci: wrote beside the image (cache/sources/layout_referrers.py); before the name
         from cache.sources.layout_referrers import LayoutReferrers
 
-        report.referrers = fetch_referrers(store, LayoutReferrers(root), subjects, str(source), referrers)
-    return report
+        arrival.referrers = fetch_referrers(store, LayoutReferrers(root), subjects, str(source), referrers)
+    return commit(store, arrival, [image_name], started)
 
 
 def _read_manifest(root: Path, descriptor: Descriptor) -> Manifest | Index:

@@ -140,8 +140,8 @@ def pull_from_registry(
             origin = options.through(origin)
         arrival = _pull_online(store, origin, ref, source, options)
         subjects = subjects_to_ask(store, [arrival.top, *arrival.manifests], options.referrers)
+        add_registry_referrers(store, arrival, origin.referrers(), subjects, options.referrers)  # before the name
         report = commit(store, arrival, [name], started)
-        add_registry_referrers(store, report, origin.referrers(), subjects, options.referrers)
         origin.pulled(store, arrival.chosen or arrival.top, name)  # the remote is filled with them too
         return report
     finally:
