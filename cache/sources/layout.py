@@ -46,7 +46,7 @@ def pull(store: BlobStore, source: Source, options: PullOptions) -> PullReport:
                             progress=options.progress, referrers=options.referrers)
 
 
-def _read_index(root: Path) -> list[Descriptor]:
+def read_index(root: Path) -> list[Descriptor]:
     if not (root / "oci-layout").is_file():
         raise SourceError(f"{root} is not an OCI image layout (no oci-layout file)")
     try:
@@ -60,7 +60,7 @@ def _read_index(root: Path) -> list[Descriptor]:
 
 def _choose_entry(root: Path, entries: list[Descriptor], ref: str | None) -> Descriptor:
     if ref is None:
-        named = [entry for entry in entries if _named_image(entry)]
+        named = [entry for entry in entries if named_image(entry)]
         entries = named if len(named) == 1 else entries  # beside it: its referrers (unnamed), cosign's tags
         if len(entries) != 1:
             names = ", ".join(e.annotations.get(REF_NAME, str(e.digest)) for e in entries) or "none"
@@ -72,7 +72,7 @@ def _choose_entry(root: Path, entries: list[Descriptor], ref: str | None) -> Des
     raise ImageNotFound(f"no image named {ref!r} in {root}")
 
 
-def _named_image(entry: Descriptor) -> bool:
+def named_image(entry: Descriptor) -> bool:
     """An entry named as an image: neither a referrer (unnamed) nor a cosign tag."""
     name = entry.annotations.get(REF_NAME)
     return bool(name) and _COSIGN_TAG.fullmatch(name or "") is None
@@ -93,7 +93,7 @@ def _blob_path(root: Path, descriptor: Descriptor) -> Path:
     return root / "blobs" / "sha256" / descriptor.digest.hex  # hex is checked: no path tricks
 
 
-def _fetcher(root: Path) -> Fetch:
+def fetcher(root: Path) -> Fetch:
     def fetch(descriptor: Descriptor, offset: int, on_chunk: Callable[[bytes], None], _restart: object) -> int:
         try:
             handle = open(_blob_path(root, descriptor), "rb")  # noqa: SIM115 - closed below
@@ -122,18 +122,18 @@ def pull_from_layout(
 ) -> PullReport:
     started = time.monotonic()
     root = Path(source.path)
-    entry = _choose_entry(root, _read_index(root), source.ref)
-    top = _read_manifest(root, entry)
+    entry = _choose_entry(root, read_index(root), source.ref)
+    top = read_manifest(root, entry)
     chosen: Platform | None = None
     if isinstance(top, Index):  # the name keeps the index, with the platform pulled stored under it
         descriptor = top.choose(platform or Platform.host())
-        manifest = _read_manifest(root, descriptor)
+        manifest = read_manifest(root, descriptor)
         if not isinstance(manifest, Manifest):
             raise InvalidManifest(f"{root}: nested indexes are not supported")
         chosen = descriptor.platform
     else:
         manifest = top
-    puller = BlobPuller(store, _fetcher(root), str(source), jobs=jobs, progress=progress)
+    puller = BlobPuller(store, fetcher(root), str(source), jobs=jobs, progress=progress)
     pulled = puller.pull_manifest(manifest)
     image_name = name or cache_name(root, source.ref or entry.annotations.get(REF_NAME))
     # bytes_fetched stays 0: a layout on disk is not a registry or the daemon
@@ -147,7 +147,7 @@ def pull_from_layout(
     return commit(store, arrival, [image_name], started)
 
 
-def _read_manifest(root: Path, descriptor: Descriptor) -> Manifest | Index:
+def read_manifest(root: Path, descriptor: Descriptor) -> Manifest | Index:
     path = _blob_path(root, descriptor)
     try:
         size = os.stat(path).st_size

@@ -18,7 +18,7 @@ from cache.formats.index_json import REF_NAME
 from cache.ingest.referrers import Listing
 from cache.model.digest import Digest
 from cache.model.manifests import MANIFEST_TYPES, Descriptor, Manifest, subject_of
-from cache.sources.layout import _fetcher, _named_image, _read_index, _read_manifest
+from cache.sources.layout import fetcher, named_image, read_index, read_manifest
 from cache.store.attachments import artifact_kind
 
 
@@ -27,15 +27,15 @@ class LayoutReferrers:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._fetch = _fetcher(root)
+        self._fetch = fetcher(root)
         self._subjects: dict[Digest, list[tuple[Descriptor, str]]] = {}
         self._tags: dict[str, Manifest] = {}
         self._manifests: dict[Digest, Manifest] = {}
-        for entry in _read_index(root):
-            if entry.media_type not in MANIFEST_TYPES or _named_image(entry):
+        for entry in read_index(root):
+            if entry.media_type not in MANIFEST_TYPES or named_image(entry):
                 continue  # an index is never a referrer here; a named image is not read (a layout of thousands)
             try:
-                manifest = _read_manifest(root, entry)
+                manifest = read_manifest(root, entry)
             except (BlobNotFound, InvalidManifest):
                 continue  # not ours to judge: a pull of that entry reports it
             if not isinstance(manifest, Manifest):
