@@ -138,7 +138,8 @@ def test_refuted_claim_is_never_recorded_and_verify_reports_it(
     with pytest.raises(DigestMismatch, match="but the config says"):
         load_image(store, ref).require_image("an SBOM")  # what sbom and docker exports ask first
     assert store.index.diff_id_of(bad) is None
-    assert str(store.index.diff_id_of(parse_digest(image.layers[0].digest))) == claimed[0]
+    good = parse_digest(image.layers[0].digest)
+    assert str(store.index.diff_id_of(good)) == claimed[0]
     result = cli(store.root, "sbom", ref)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "but the config says" in result.stderr
@@ -147,6 +148,12 @@ def test_refuted_claim_is_never_recorded_and_verify_reports_it(
         {"blob": str(bad), "diff_id": claimed[1], "found": f"uncompresses to {sha256(tars[1])}"}]
     assert cli_json(store.root, "ls")["images"][0]["diff_ids_mismatched"] == 1  # type: ignore[index]
     assert store.index.diff_id_of(bad) is None and store.index.blobs_for_diff_id(parse_digest(claimed[1])) == {}
+    store.close()
+    cli_json(store.root, "gc", "--rebuild-index")  # a rebuilt index hashes every layer: still refuted
+    assert cli_json(store.root, "verify", code=1)["diff_ids"]["refuted"] == report["diff_ids"]["refuted"]  # type: ignore[index]
+    rebuilt = BlobStore(store.root)
+    assert rebuilt.index.diff_id_of(bad) is None and str(rebuilt.index.diff_id_of(good)) == claimed[0]
+    rebuilt.close()
 
 
 @pytest.mark.daemon

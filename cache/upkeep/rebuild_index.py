@@ -30,19 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache.errors import BlobNotFound, InvalidDigest, LayerhoardError
-from cache.formats.compression import CorruptLayer, DiffIdHasher
 from cache.formats.index_json import REF_NAME
 from cache.model.digest import Digest, hash_fd, parse_digest
 from cache.model.manifests import (
     MAX_MANIFEST_BYTES,
     Descriptor,
     Manifest,
-    compression_of,
     parse_config,
     parse_manifest_or_index,
     subject_of,
 )
 from cache.store.blobstore import BlobStore
+from cache.store.diffids import check_claim
 from cache.store.graph import COSIGN, COSIGN_SUFFIXES, link_cosign, link_referrer
 from cache.store.pins import PINS_FILE, pin, pins
 
@@ -149,9 +148,10 @@ def _record_image(store: BlobStore, entry: dict[str, object]) -> bool:
 
 def _record_diff_ids(store: BlobStore) -> int:
     """Hash the uncompressed bytes of every layer of every stored manifest once; record the pairs
-    whose hash is the diff_id the manifest's config lists."""
+    whose hash is the diff_id the manifest's config lists, and the claims it refutes (which verify
+    reports, as it did before the rebuild)."""
     recorded = 0
-    done: set[Digest] = set()
+    done: set[tuple[Digest, Digest]] = set()
     for digest in list(store.digests()):
         manifest = _manifest(store, digest)
         if manifest is None:
@@ -163,12 +163,12 @@ def _record_diff_ids(store: BlobStore) -> int:
         if len(config.diff_ids) != len(manifest.layers):
             continue
         for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
-            if layer.digest in done or not store.has(layer.digest):
+            if (layer.digest, diff_id) in done or not store.has(layer.digest):
                 continue
-            done.add(layer.digest)
-            if _uncompressed_digest(store, layer) == diff_id:
-                store.index.record_diff_id(layer.digest, diff_id, layer.media_type)
-                recorded += 1
+            done.add((layer.digest, diff_id))
+            with contextlib.suppress(LayerhoardError):  # gone, or not a blob we published: not recorded
+                result = check_claim(store, layer.digest, diff_id, layer.media_type)  # hashes a blob once
+                recorded += result is not None and result.verified
     return recorded
 
 
@@ -186,15 +186,3 @@ def _manifest(store: BlobStore, digest: Digest) -> Manifest | None:
     except (LayerhoardError, ValueError):
         return None
     return parsed if isinstance(parsed, Manifest) else None
-
-
-def _uncompressed_digest(store: BlobStore, layer: Descriptor) -> Digest | None:
-    hasher = DiffIdHasher(compression_of(layer.media_type))
-    try:
-        with store.open(layer.digest) as handle:
-            while chunk := handle.read(1 << 20):
-                hasher.update(chunk)
-        return hasher.finish()
-    except (CorruptLayer, LayerhoardError):
-        return None
-
