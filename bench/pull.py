@@ -11,7 +11,7 @@ layer, random or highly compressible, gzip level 1). On each, in every run:
   layerhoard pull, cached                 (warm; the registry's access log counts blob requests)
 Each figure is the median of --runs runs, wall time and CPU time (user + system, from wait4) of the
 command. A cold pull leaves its layers' diff_id checks to a detached process once it has printed
-its result (cache/ingest/diffids.py); the bench is the subreaper of that process, so it also
+its result (cache/store/diffids.py); the bench is the subreaper of that process, so it also
 reports when the last check ended and the CPU of the checks. Targets (issue 19): cold at most 1.0x
 skopeo's wall time; cached at most 2x skopeo into an existing layout, with zero blob bytes.
 

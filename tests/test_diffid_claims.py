@@ -156,6 +156,23 @@ def test_refuted_claim_is_never_recorded_and_verify_reports_it(
     rebuilt.close()
 
 
+def test_two_claims_on_one_layer_are_checked_at_once(registry: Registry, store: BlobStore, tmp_path: Path) -> None:
+    """A second image names another diff_id for a layer whose claim is pending: one of them is
+    false, so the pull checks now (and fails, as a pull that checks while it streams does)."""
+    tar = random_layer(150_000, 72)
+    honest = build_image(tmp_path / "honest", [tar], tag="1")
+    deferred_pull(store, push(honest.layout, "1", registry, "claims/honest:1"))
+    lying = lying_image(tmp_path / "lying", [tar], [sha256(b"another layer")])
+    assert lying.layers[0].digest == honest.layers[0].digest
+    store.defer_diff_ids = True
+    with pytest.raises(DigestMismatch, match="but the config says"):
+        pull(store, push(lying.layout, "1", registry, "claims/two:1"), PullOptions())
+    layer = parse_digest(honest.layers[0].digest)
+    assert str(store.index.diff_id_of(layer)) == honest.diff_ids[0]  # the same hashing settled the honest claim
+    assert store.index.pending_diff_ids() == {}
+    assert store.index.refuted_diff_id(layer, parse_digest(sha256(b"another layer"))) is not None
+
+
 @pytest.mark.daemon
 def test_daemon_pull_over_an_unverified_base(
     monkeypatch: pytest.MonkeyPatch, dockerd: Daemon, registry: Registry, store: BlobStore, tmp_path: Path

@@ -151,11 +151,14 @@ class BlobPuller:
         """Check a stored layer's diff_id (hashing it here when no pair is known), or leave it as a
         claim when the store defers checks. True when the pair is verified."""
         index = self.store.index
-        if index.diff_id_of(layer.digest) == diff_id:
+        known = index.diff_id_of(layer.digest)
+        if known == diff_id:
             return True
-        if (self._defers(compression_of(layer.media_type)) and index.diff_id_of(layer.digest) is None
+        pending = index.pending_diff_id(layer.digest)
+        if (known is None and self._defers(compression_of(layer.media_type))
+                and (pending is None or pending[0] == diff_id)  # two claims: one is false, check now
                 and index.refuted_diff_id(layer.digest, diff_id) is None):
-            if index.pending_diff_id(layer.digest) != (diff_id, layer.media_type):
+            if pending is None:
                 index.record_pending_diff_id(layer.digest, diff_id, layer.media_type)
             return False
         try:

@@ -9,7 +9,7 @@ Keys, one namespace each:
   diffid/<diff_id>   {"<blob digest>": "<media type>", ...}  blobs whose uncompressed sha256 we computed
   blobdiff/<digest>  "<diff_id>"
   pending/<digest>   {"diff_id", "media_type", "since"}  a layer stored with the diff_id its config
-                     claims, not yet hashed here (cache/ingest/diffids.py); never read as a pair
+                     claims, not yet hashed here (cache/store/diffids.py); never read as a pair
   baddiff/<digest>   {"<claimed diff_id>": "<what its bytes are>", ...}  claims its bytes refuted
   image/<ref>        {"ref", "digest", "media_type", "size", "platform", "source", "stored_at", "last_used"}
   pin/<ref>          "<time pinned>"  (caches made before pins.json only: cache/store/pins.py)
@@ -188,7 +188,7 @@ class MetadataIndex:
         value = self._get(f"blobdiff/{blob}")
         return parse_digest(value) if isinstance(value, str) else None
 
-    # -- claims not yet checked, and claims refuted (cache/ingest/diffids.py) ---------------------
+    # -- claims not yet checked, and claims refuted (cache/store/diffids.py) ----------------------
     def record_pending_diff_id(self, blob: Digest, diff_id: Digest, media_type: str) -> None:
         """A stored layer whose config says it uncompresses to ``diff_id``, not hashed here yet.
         Kept apart from the pairs above: nothing that reads pairs sees it until it is settled."""
@@ -211,12 +211,16 @@ class MetadataIndex:
 
     def settle_diff_id(self, blob: Digest, claimed: Digest, actual: Digest | None, media_type: str,
                        refuted_by: str = "") -> None:
-        """Close a pending claim in one transaction: record the pair when ``actual`` is the claimed
-        diff_id, else remember the refuted claim (``refuted_by`` says what the bytes are)."""
+        """Close a claim in one transaction, with what hashing ``blob`` gave (``actual``, None when it
+        does not decompress): record the pair when it is the claimed diff_id, else remember the
+        refuted claim (``refuted_by`` says what the bytes are). A pending claim the same bytes
+        settle (the claimed one, or another that ``actual`` proves) is closed too."""
         with self._cache.transact(retry=True):
             pending = self.pending_diff_id(blob)
-            if pending is not None and pending[0] == claimed:
+            if pending is not None and pending[0] in (claimed, actual):
                 self._cache.delete(f"pending/{blob}")
+                if pending[0] == actual != claimed:
+                    self.record_diff_id(blob, actual, pending[1])
             if actual == claimed:
                 self.record_diff_id(blob, claimed, media_type)
                 return
