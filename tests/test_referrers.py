@@ -21,8 +21,7 @@ from click.testing import CliRunner
 import cache.ingest.referrers as referrers_module
 from cache.errors import DigestMismatch, InvalidManifest
 from cache.formats.index_json import REF_NAME
-from cache.ingest.pull import PullOptions, pull
-from cache.ingest.referrers import ReferrerOptions
+from cache.ingest.pull import PullOptions, ReferrerOptions, pull
 from cache.model.digest import parse_digest
 from cache.sbom import SbomRecords
 from cache.sinks import export

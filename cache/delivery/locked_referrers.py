@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from cache.delivery.lock import LockedImage
 from cache.errors import DeliveryError, DigestMismatch, LayerhoardError
-from cache.ingest.referrers import Listing, ReferrerOptions, RegistryReferrers, fetch_referrers
+from cache.ingest.pull import ReferrerOptions
+from cache.ingest.referrers import Listing, RegistryReferrers, fetch_referrers
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import Descriptor, parse_manifest_or_index
 from cache.registry.client import RegistryClient

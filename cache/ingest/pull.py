@@ -23,9 +23,19 @@ from cache.store.images import BlobsEvicted, CachedImage, load_image
 from cache.upkeep.stats import record_pull
 
 if TYPE_CHECKING:
-    from cache.ingest.referrers import ReferrerOptions
     from cache.registry.http import SpeedFloor
     from cache.remote.tier import RemoteTier
+
+
+class ReferrerOptions(NamedTuple):
+    """What travels with an image (cache/ingest/referrers.py). ``enabled`` False: none fetched
+    (``--no-referrers``); ``types``: only these artifactTypes (``--referrers-type``); ``refresh``:
+    ask about manifests that were stored already (``--refresh-referrers``: how a new signature on an
+    old image is picked up). Kept here, not with the fetching, so a cached pull never loads that."""
+
+    enabled: bool = True
+    types: tuple[str, ...] = ()
+    refresh: bool = False
 
 
 class PullOptions(NamedTuple):

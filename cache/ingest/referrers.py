@@ -36,6 +36,7 @@ from urllib.parse import quote
 from cache.errors import DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch, SourceError
 from cache.ingest.blobs import BlobPuller
 from cache.ingest.commit import Arrival
+from cache.ingest.pull import ReferrerOptions
 from cache.ingest.report import PullReport, ReferrerReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import (
@@ -56,16 +57,6 @@ from cache.store.images import missing_blobs
 
 MAX_DEPTH = 2  # the image's referrers, and theirs
 MAX_REFERRERS = 256  # manifests per pull; what a listing holds beyond it is left out
-
-
-class ReferrerOptions(NamedTuple):
-    """``enabled`` False: none fetched (``--no-referrers``); ``types``: only these artifactTypes
-    (``--referrers-type``); ``refresh``: ask about manifests that were stored already
-    (``--refresh-referrers``: how a new signature on an old image is picked up)."""
-
-    enabled: bool = True
-    types: tuple[str, ...] = ()
-    refresh: bool = False
 
 
 class Listing(NamedTuple):

@@ -136,7 +136,7 @@ def warm_locked(store: BlobStore, lock: LockFile, options: PullOptions) -> WarmR
 
 
 def _pull_locked(store: BlobStore, image: LockedImage, options: PullOptions) -> list[PullReport]:
-    from cache.ingest.referrers import ReferrerOptions
+    from cache.ingest.pull import ReferrerOptions
 
     source = RegistrySource(image.ref)
     # no discovery (its tag requests): what travels with the image is the lock's, fetched by digest

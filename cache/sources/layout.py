@@ -18,7 +18,8 @@ from cache.errors import BlobNotFound, ImageNotFound, InvalidManifest, InvalidRe
 from cache.formats.index_json import REF_NAME, read_entries
 from cache.ingest.blobs import BlobPuller, Fetch
 from cache.ingest.commit import Arrival, commit
-from cache.ingest.referrers import ReferrerOptions, fetch_referrers, subjects_to_ask
+from cache.ingest.pull import ReferrerOptions
+from cache.ingest.referrers import fetch_referrers, subjects_to_ask
 from cache.ingest.report import PullReport
 from cache.model.digest import sha256_of
 from cache.model.manifests import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index

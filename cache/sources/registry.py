@@ -16,9 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from cache.errors import BlobNotFound, DigestMismatch, ImageNotFound, InvalidManifest, SizeMismatch
-from cache.ingest.blobs import BlobPuller, evicted_while_pulled
 from cache.ingest.commit import Arrival, commit
-from cache.ingest.referrers import ReferrerOptions, RegistryReferrers, add_registry_referrers, subjects_to_ask
+from cache.ingest.pull import ReferrerOptions
 from cache.ingest.report import LayerReport, PullReport
 from cache.model.digest import Digest, sha256_of
 from cache.model.manifests import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
@@ -26,13 +25,15 @@ from cache.model.refs import ImageRef, RegistrySource, Source
 from cache.progress import ProgressFactory, no_progress
 from cache.registry.client import RegistryClient
 from cache.sources import DEFAULT_JOBS
-from cache.store.attachments import image_manifests
 from cache.store.blobstore import BlobStore
 from cache.store.diffids import reported_diff_id
 from cache.store.images import missing_blobs
 
+# A cached pull loads none of the fetching machinery (the BlobPuller, referrer discovery): each
+# is imported where a pull has something to fetch.
 if TYPE_CHECKING:
     from cache.ingest.pull import PullOptions
+    from cache.ingest.referrers import RegistryReferrers
     from cache.registry.http import SpeedFloor
 
 
@@ -72,6 +73,8 @@ class RegistryOrigin:
         pass  # nothing to fill
 
     def referrers(self) -> RegistryReferrers:
+        from cache.ingest.referrers import RegistryReferrers
+
         return RegistryReferrers(self.client, self.ref.repository)
 
 
@@ -132,7 +135,11 @@ def pull_from_registry(
                                       floor=options.floor)
     try:
         origin: Origin = RegistryOrigin(client, ref)
+        from cache.ingest.referrers import add_registry_referrers, subjects_to_ask
+
         if local is not None:  # stored, and its referrers asked for again (--refresh-referrers): of the origin
+            from cache.store.attachments import image_manifests
+
             subjects = image_manifests(store, local.digest) if options.referrers.enabled else []
             add_registry_referrers(store, report, origin.referrers(), subjects, options.referrers)
             return report
@@ -181,6 +188,8 @@ def _read(store: BlobStore, digest: Digest) -> bytes:
     try:
         return store.read_bytes(digest)
     except BlobNotFound:
+        from cache.ingest.blobs import evicted_while_pulled
+
         raise evicted_while_pulled(digest) from None
 
 
@@ -197,6 +206,8 @@ def _pull_online(store: BlobStore, origin: Origin, ref: ImageRef, source: str, o
     top = parse_manifest_or_index(raw, content_type, f"manifest of {ref}")
     if ref.digest is not None and top.digest != ref.digest:
         raise DigestMismatch(f"manifest of {ref} has digest {top.digest}, not the {ref.digest} asked for")
+    from cache.ingest.blobs import BlobPuller
+
     puller = BlobPuller(store, origin.fetch, source, jobs=options.jobs, progress=options.progress)
     arrival = Arrival(source, top)
     manifests = []

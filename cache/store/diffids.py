@@ -33,7 +33,6 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from cache.errors import BlobNotFound, DigestMismatch
-from cache.formats.compression import CorruptLayer, DiffIdHasher
 from cache.model.digest import CHUNK, Digest, parse_digest
 from cache.model.manifests import compression_of
 from cache.store.blobstore import BlobStore
@@ -89,6 +88,8 @@ def check_claim(store: BlobStore, blob: Digest, diff_id: Digest, media_type: str
 def _uncompressed_digest(store: BlobStore, blob: Digest, media_type: str) -> tuple[Digest | None, str]:
     """(sha256 of the uncompressed bytes, what they are) of a stored layer; None when they do not
     decompress."""
+    from cache.formats.compression import CorruptLayer, DiffIdHasher  # a cached pull never hashes: only here
+
     hasher = DiffIdHasher(compression_of(media_type))
     try:
         with store.open(blob) as handle:

@@ -21,7 +21,7 @@ from cli.output import Context, pass_context
 from cli.remote_options import finish_remote, open_remote, remote_options
 
 if TYPE_CHECKING:
-    from cache.ingest.referrers import ReferrerOptions
+    from cache.ingest.pull import ReferrerOptions
     from cache.registry.http import SpeedFloor
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,7 +103,7 @@ def referrer_options(function: F) -> F:
     @functools.wraps(function)
     def command(*args: Any, no_referrers: bool, referrers_type: tuple[str, ...], refresh_referrers: bool,
                 **kwargs: Any) -> Any:
-        from cache.ingest.referrers import ReferrerOptions
+        from cache.ingest.pull import ReferrerOptions
 
         return function(*args, referrers=ReferrerOptions(not no_referrers, referrers_type, refresh_referrers), **kwargs)
 
