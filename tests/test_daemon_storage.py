@@ -12,30 +12,27 @@ import gzip
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
-import socket
 import tarfile
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from cache.errors import DirectReadRefused, LayerhoardError
 from cache.formats.tar_split import FileEntry, Segment, confined_parts, records
 from cache.model.digest import Digest, parse_digest
 from cache.model.refs import DaemonSource
-from cache.sources import dockerd_storage
+from cache.sources import layer_rebuild
 from cache.sources.daemon import pull_from_daemon
 from cache.sources.dockerd_storage import chain_ids, daemon_storage
 from cache.store.blobstore import BlobStore
 from cache.store.images import load_image
 from tests.images import build_image, load_into_daemon, random_layer, tar_of
+from tests.second_user import pull_as_member
 from tests.services import Daemon, start_daemon
+from tests.storage_reads import read_bytes, stored_tar, write_layer_shapes
 
 pytestmark = pytest.mark.daemon
 
@@ -64,13 +61,7 @@ def images(dockerd: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         load_into_daemon(image.layout, "t", dockerd, name)
     context = root / "build"
     files = context / "files"
-    (files / "deep" / "er").mkdir(parents=True)
-    (files / "big.bin").write_bytes(os.urandom(1_500_000))
-    (files / "empty").write_bytes(b"")
-    (files / "deep" / "er" / "text.txt").write_text("text\n" * 5000)
-    os.symlink("big.bin", files / "link")
-    os.link(files / "big.bin", files / "hard")
-    (files / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"latin-1 name\n")
+    write_layer_shapes(files)
     _build(dockerd, context, "lh/sbuilt:1", "FROM lh/sbase:1\nCOPY files /files\nENV MODE=test\nCOPY files/deep /d\n")
     for i in range(2):  # two images whose storage the tamper tests change, one each
         (files / "victim.txt").write_text(f"victim {i}\n" * 100)
@@ -93,19 +84,6 @@ def _inspect(dockerd: Daemon, name: str) -> dict:  # type: ignore[type-arg]
     return dockerd.client().api.inspect_image(name)  # type: ignore[no-any-return]
 
 
-def _stored_tar(store: BlobStore, digest: str) -> bytes:
-    with open(store.blobs_dir / parse_digest(digest).hex, "rb") as handle:
-        return zstandard.ZstdDecompressor().stream_reader(handle).read()
-
-
-def _read_bytes() -> int:
-    """Bytes this process has read through read(2) and friends so far, as the kernel counts them."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/self/io")
-
-
 @pytest.mark.parametrize("which", ["built", "whiteouts", "app"])
 def test_cold_pull_reads_overlay2_without_save_and_equals_docker_save(
     dockerd: Daemon, images: dict[str, str], store: BlobStore, tmp_path: Path, which: str
@@ -120,7 +98,7 @@ def test_cold_pull_reads_overlay2_without_save_and_equals_docker_save(
     assert str(load_image(store, report.ref).config.digest) == inspected["Id"]
     saved = _saved_layers(dockerd, name, tmp_path)
     for layer, tar in zip(report.layers, saved, strict=True):
-        assert _stored_tar(store, layer.digest) == tar  # byte for byte what docker save gives
+        assert stored_tar(store, layer.digest) == tar  # byte for byte what docker save gives
     assert report.bytes_fetched == sum(len(tar) for tar in saved)
 
 
@@ -128,10 +106,10 @@ def test_one_new_layer_on_a_stored_base_reads_only_that_layer(
     dockerd: Daemon, images: dict[str, str], store: BlobStore
 ) -> None:
     pull_from_daemon(store, DaemonSource(images["base"]), docker_host=dockerd.host)
-    before = _read_bytes()
+    before = read_bytes()
     mark = dockerd.mark()
     report = pull_from_daemon(store, DaemonSource(images["app"]), docker_host=dockerd.host)
-    read = _read_bytes() - before
+    read = read_bytes() - before
     assert dockerd.save_calls(mark) == [] and report.route == "overlay2"
     assert [layer.reused for layer in report.layers] == [True, False]
     assert report.bytes_fetched == len(NEW)
@@ -158,7 +136,7 @@ def _pull_refused_or_right(dockerd: Daemon, store: BlobStore, name: str, why: st
         return
     assert report.route == "docker save" and why in (report.fallback or "")
     for layer in report.layers:
-        assert "sha256:" + hashlib.sha256(_stored_tar(store, layer.digest)).hexdigest() == layer.diff_id
+        assert "sha256:" + hashlib.sha256(stored_tar(store, layer.digest)).hexdigest() == layer.diff_id
 
 
 def test_a_changed_file_in_the_diff_folder_is_refused(
@@ -187,7 +165,7 @@ def test_a_layer_the_daemon_deletes_while_it_is_read_fails_cleanly(
     """The layer's folder goes away after the first file was read (as `docker rmi` would remove it)."""
     _, diff = _layer_folder(dockerd, images["built"])
     aside = tmp_path / "aside"
-    original = dockerd_storage._DiffFolder.open
+    original = layer_rebuild.LayerFolder.open
     opened: list[bytes] = []
 
     def open_then_lose_the_folder(folder: object, name: bytes, size: int) -> int:
@@ -196,7 +174,7 @@ def test_a_layer_the_daemon_deletes_while_it_is_read_fails_cleanly(
         opened.append(name)
         return original(folder, name, size)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dockerd_storage._DiffFolder, "open", open_then_lose_the_folder)
+    monkeypatch.setattr(layer_rebuild.LayerFolder, "open", open_then_lose_the_folder)
     try:
         _pull_refused_or_right(dockerd, store, images["built"], "No such file or directory")
     finally:
@@ -237,81 +215,17 @@ def test_vfs_layers_are_read_from_the_whole_file_system_folders(
     report = pull_from_daemon(store, DaemonSource("lh/vfs:1"), docker_host=vfs_dockerd.host)
     assert vfs_dockerd.save_calls(mark) == [] and report.route == "vfs"
     saved = _saved_layers(vfs_dockerd, "lh/vfs:1", tmp_path)
-    assert [_stored_tar(store, layer.digest) for layer in report.layers] == saved
-
-
-class _Relay:
-    """The daemon's socket, reachable by another user: pytest's 0700 folders hide the real one.
-    Forwards bytes both ways, nothing else."""
-
-    def __init__(self, target: Path) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="lh-relay-", dir="/tmp"))
-        os.chmod(self.folder, 0o755)
-        self.path = self.folder / "docker.sock"
-        self._target = target
-        self._server = socket.socket(socket.AF_UNIX)
-        self._server.bind(str(self.path))
-        os.chmod(self.path, 0o777)
-        self._server.listen()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(str(self._target))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._server.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _pull_as(member: tuple[int, int], cache: str, host: str, name: str, out: object) -> None:
-    os.setgroups([member[1]])
-    os.setgid(member[1])
-    os.setuid(member[0])
-    store = BlobStore(Path(cache))
-    try:
-        report = pull_from_daemon(store, DaemonSource(name), docker_host=host)
-        out.send((report.route, report.fallback))  # type: ignore[attr-defined]
-    except BaseException as error:
-        out.send(("error", repr(error)))  # type: ignore[attr-defined]
+    assert [stored_tar(store, layer.digest) for layer in report.layers] == saved
 
 
 def test_a_user_who_cannot_read_the_data_root_falls_back_to_save(
     dockerd: Daemon, images: dict[str, str], member: tuple[int, int]
 ) -> None:
-    relay = _Relay(dockerd.socket)
-    cache = relay.folder / "cache"
-    cache.mkdir()
-    os.chown(cache, *member)
-    fork = multiprocessing.get_context("fork")  # the child runs code already loaded (root's 0700 home)
-    receive, send = fork.Pipe(duplex=False)
-    try:
-        mark = dockerd.mark()
-        child = fork.Process(target=_pull_as, args=(member, str(cache), f"unix://{relay.path}", images["base"], send))
-        child.start()
-        route, fallback = receive.recv() if receive.poll(120) else ("error", "no answer")
-        child.join(30)
-        assert route == "docker save", fallback
-        assert f"cannot read the daemon's data root {dockerd.workdir / 'data'}: Permission denied" in fallback
-        assert len(dockerd.save_calls(mark)) == 1
-    finally:
-        relay.close()
+    mark = dockerd.mark()
+    route, fallback = pull_as_member(member, dockerd.socket, images["base"])
+    assert route == "docker save", fallback
+    assert f"cannot read the daemon's data root {dockerd.workdir / 'data'}: Permission denied" in fallback
+    assert len(dockerd.save_calls(mark)) == 1
 
 
 def test_a_daemon_on_another_driver_falls_back_to_save() -> None:

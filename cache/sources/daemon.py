@@ -5,7 +5,10 @@
    pulls whose diff_ids we verified), record the image from the store: no `docker save` at all.
 3. Otherwise, when ``/info`` says overlay2 (or vfs) and its data root is readable here (root, or rootless
    docker's data root in the user's home), rebuild only the new layers from the daemon's own
-   storage (:mod:`cache.sources.dockerd_storage`), each hashed to its diff_id: no save at all.
+   storage (:mod:`cache.sources.layer_rebuild`, with :mod:`cache.sources.dockerd_storage` saying
+   where each layer is), each hashed to its diff_id: no save at all. podman's ``/info`` names its
+   containers-storage graph root (overlay or vfs), read the same way
+   (:mod:`cache.sources.containers_storage`).
    A daemon whose ``/info`` says it keeps images in containerd (Docker's containerd image store)
    is read from containerd's content store instead, as ``containerd:`` reads it
    (:mod:`cache.sources.containerd`): the image ID is the digest of the image's index or manifest.
@@ -36,8 +39,10 @@ from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import OCI_CONFIG, OCI_LAYER_ZSTD, parse_config
 from cache.model.refs import DEFAULT_TAG, DaemonSource, ImageRef, Source, daemon_image_name
 from cache.progress import ProgressFactory
-from cache.sources.dockerd_storage import LayerStorage, chain_ids, daemon_storage, rebuild_layers
+from cache.sources.containers_storage import ContainersStorage, is_podman, podman_storage
+from cache.sources.dockerd_storage import DockerdStorage, daemon_storage
 from cache.sources.engine import Engine, connect
+from cache.sources.layer_rebuild import StorageRoot, rebuild_layers
 from cache.sources.saveimage import MissingLayers, commit, find_entries, pick_entry, prepare, record_stored
 from cache.sources.staging import Staging
 from cache.sources.storedlayers import stored_layer
@@ -129,26 +134,24 @@ def _pull_direct(
     progress: ProgressFactory | None,
     containerd_root: str | None = None,
 ) -> PullReport:
-    """The image from the daemon's overlay2 or vfs storage: its config, and each layer not stored yet
-    rebuilt and hashed to its diff_id; from containerd's content store when the daemon keeps its
-    images there; DirectReadRefused (nothing stored) when that cannot be done."""
+    """The image from the daemon's own storage (dockerd's overlay2 or vfs, podman's overlay or vfs
+    containers-storage): its config, and each layer not stored yet rebuilt and hashed to its
+    diff_id; from containerd's content store when the daemon keeps its images there;
+    DirectReadRefused (nothing stored) when that cannot be done."""
     if os.environ.get(NO_STORAGE_READS):
         raise DirectReadRefused(f"{NO_STORAGE_READS} is set")
     daemon_info = engine.info()
     if keeps_images_in_containerd(daemon_info):
         return _pull_from_containerd_store(store, daemon_info, image_id, ref, source, started, progress,
                                            containerd_root)
-    with LayerStorage(*daemon_storage(daemon_info)) as storage:
+    with _storage(daemon_info) as storage:
         config_raw = storage.config(image_id)
         if list(parse_config(config_raw).diff_ids) != diff_ids:
             raise DirectReadRefused("the daemon's stored config lists other layers than its inspect")
-        wanted: dict[Digest, Digest] = {}  # diff_id -> chain ID; a layer listed twice is read once
-        for chain_id, diff_id in zip(chain_ids(diff_ids), diff_ids, strict=True):
-            if diff_id not in wanted and stored_layer(store, diff_id) is None:
-                wanted[diff_id] = chain_id
+        new = {diff_id for diff_id in dict.fromkeys(diff_ids) if stored_layer(store, diff_id) is None}
         staging = Staging(store)
         try:
-            rebuilt = rebuild_layers(storage, [(c, d) for d, c in wanted.items()], staging, progress)
+            rebuilt = rebuild_layers(storage, storage.places(diff_ids, new), staging, progress)
             for layer in rebuilt:  # every layer hashed to its diff_id: only now is anything published
                 staging.publish(layer.staged, str(source))
                 # The pair is ours: zstd's output hashed as written, the tar it came from hashed as rebuilt.
@@ -164,8 +167,16 @@ def _pull_direct(
         layer_report.reused = layer_report.diff_id not in read
     report.bytes_reused = sum(layer.size for layer in report.layers if layer.reused)
     report.bytes_fetched = sum(layer.tar_size for layer in rebuilt)
-    report.route = storage.driver
+    report.route = storage.route
     return report
+
+
+def _storage(daemon_info: dict[str, Any] | None) -> StorageRoot:
+    """The daemon's layer storage, held open: podman's containers-storage when ``/info`` is
+    podman's, else dockerd's data root."""
+    if is_podman(daemon_info):
+        return ContainersStorage(*podman_storage(daemon_info))
+    return DockerdStorage(*daemon_storage(daemon_info))
 
 
 CONTAINERD_SNAPSHOTTER = ["driver-type", "io.containerd.snapshotter.v1"]  # /info DriverStatus, Docker 24+
