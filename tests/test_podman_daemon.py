@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -232,6 +233,34 @@ def test_a_changed_file_in_the_layer_folder_is_refused_and_falls_back(
         assert len(podman.save_calls(mark)) == 1  # it fell back to the save
     finally:
         victim.write_bytes(original)
+
+
+def test_a_layers_json_that_does_not_parse_strictly_falls_back(podman: PodmanService, store: BlobStore) -> None:
+    """An entry layerhoard refuses (an id that is not a layer ID) though podman's own parser takes
+    it: nothing is read from the storage, the save gives the right image, and the report says why."""
+    layers_json = podman.root / f"{podman.driver}-layers" / "layers.json"
+    original = layers_json.read_bytes()
+    entries = json.loads(original)
+    layers_json.write_text(json.dumps([*entries, {"id": "../not-a-layer-id", "created": entries[0]["created"]}]))
+    try:
+        mark = podman.mark()
+        report = pull_from_daemon(store, DaemonSource(IMAGES["app"]), docker_host=podman.host)
+    finally:
+        layers_json.write_bytes(original)
+    assert report.route == "docker save" and len(podman.save_calls(mark)) == 1
+    assert report.fallback == f"{layers_json}: entry {len(entries)} has an id that is not a layer ID"
+    assert [layer.diff_id for layer in report.layers] == podman.inspect(IMAGES["app"])["RootFS"]["Layers"]
+
+
+def test_the_command_line_says_which_route(podman: PodmanService, tmp_path: Path) -> None:
+    """`pull --json -v` against podman's socket: the route in the document and on stderr."""
+    done = subprocess.run([sys.executable, "-m", "cli.main", "--cache-dir", str(tmp_path / "cache"), "--json", "-v",
+                           "pull", f"docker-daemon:{IMAGES['base']}", "--docker-host", podman.host],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["route"] == f"containers-storage {podman.driver}" and report["fallback"] is None
+    assert f"layers read through containers-storage {podman.driver}" in done.stderr
 
 
 def test_a_user_who_cannot_read_the_graph_root_falls_back_to_save(
