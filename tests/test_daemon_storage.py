@@ -26,7 +26,7 @@ from cache.model.digest import Digest, parse_digest
 from cache.model.refs import DaemonSource
 from cache.sources import layer_rebuild
 from cache.sources.daemon import pull_from_daemon
-from cache.sources.dockerd_storage import chain_ids, daemon_storage
+from cache.sources.dockerd_storage import DockerdStorage, chain_ids, daemon_storage
 from cache.store.blobstore import BlobStore
 from cache.store.images import load_image
 from tests.images import build_image, load_into_daemon, random_layer, tar_of
@@ -228,11 +228,13 @@ def test_a_user_who_cannot_read_the_data_root_falls_back_to_save(
     assert len(dockerd.save_calls(mark)) == 1
 
 
-def test_a_daemon_on_another_driver_falls_back_to_save() -> None:
+def test_a_daemon_on_another_driver_falls_back_to_save(tmp_path: Path) -> None:
     with pytest.raises(DirectReadRefused, match="storage driver is 'btrfs', not overlay2 or vfs"):
         daemon_storage({"Driver": "btrfs", "DockerRootDir": "/var/lib/docker"})
     with pytest.raises(DirectReadRefused, match="did not answer /info"):
         daemon_storage(None)
+    with pytest.raises(DirectReadRefused, match=f"^{tmp_path} has no image/overlay2/layerdb: not a dockerd data root$"):
+        DockerdStorage(str(tmp_path), "overlay2")
 
 
 def test_the_fallback_env_streams_docker_save(

@@ -252,6 +252,18 @@ def test_a_layers_json_that_does_not_parse_strictly_falls_back(podman: PodmanSer
     assert [layer.diff_id for layer in report.layers] == podman.inspect(IMAGES["app"])["RootFS"]["Layers"]
 
 
+def test_layers_are_found_by_their_chain_from_the_bottom(podman: PodmanService) -> None:
+    """In podman's real layers.json: the app's layers in their order are found, each on the one
+    below it; the same diff_ids in another order name no such chain and are refused."""
+    base, new = (parse_digest(d) for d in podman.inspect(IMAGES["app"])["RootFS"]["Layers"])
+    with ContainersStorage(str(podman.root), podman.driver) as storage:
+        (place,) = storage.places([base, new], {new})
+        assert place.diff_id == new and place.tar_split[-1].endswith(".tar-split.gz") and place.size == len(NEW)
+        assert storage.places([base, new], set()) == []
+        with pytest.raises(DirectReadRefused, match=f"layers.json has no layer {new} at the bottom"):
+            storage.places([new, base], {base})
+
+
 def test_the_command_line_says_which_route(podman: PodmanService, tmp_path: Path) -> None:
     """`pull --json -v` against podman's socket: the route in the document and on stderr."""
     done = subprocess.run([sys.executable, "-m", "cli.main", "--cache-dir", str(tmp_path / "cache"), "--json", "-v",
@@ -296,6 +308,8 @@ def test_layers_json_is_read_strictly() -> None:
             parse_layers(raw, "l.json")
 
 
-def test_podman_on_another_driver_falls_back() -> None:
+def test_podman_on_another_driver_falls_back(tmp_path: Path) -> None:
     with pytest.raises(DirectReadRefused, match="podman's storage driver is 'btrfs', not overlay or vfs"):
         podman_storage({"Driver": "btrfs", "DockerRootDir": "/var/lib/containers/storage", "BuildahVersion": "1"})
+    with pytest.raises(DirectReadRefused, match="has no overlay-layers: not a containers-storage graph root"):
+        ContainersStorage(str(tmp_path), "overlay")
