@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import sqlite3
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from cache.errors import ImageNotFound
 from cache.ingest.report import PullReport
-from cache.model.manifests import Platform
+from cache.model.digest import Digest
+from cache.model.manifests import Index, Manifest, Platform
 from cache.model.refs import RegistrySource, Source, parse_source
 from cache.progress import ProgressFactory, no_progress
 from cache.sources import DEFAULT_JOBS, source_module
@@ -36,6 +38,13 @@ class ReferrerOptions(NamedTuple):
     enabled: bool = True
     types: tuple[str, ...] = ()
     refresh: bool = False
+
+    def subjects(self, store: BlobStore, manifests: Iterable[Manifest | Index]) -> list[Digest]:
+        """The manifests whose referrers a pull asks for: those it is about to store (so a cached
+        pull costs no request more), or every one with ``refresh``. Call it before they are stored."""
+        if not self.enabled:
+            return []
+        return list(dict.fromkeys(m.digest for m in manifests if self.refresh or not store.has(m.digest)))
 
 
 class PullOptions(NamedTuple):

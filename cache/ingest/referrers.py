@@ -239,14 +239,6 @@ def fetch_referrers(
     return ReferrerFetch(store, source, origin, options).run(subjects)
 
 
-def subjects_to_ask(store: BlobStore, manifests: Iterable[Manifest | Index], options: ReferrerOptions) -> list[Digest]:
-    """The manifests whose referrers a pull asks for: those it is about to store (so a cached pull
-    costs no request more), or every one with ``refresh``. Call it before they are stored."""
-    if not options.enabled:
-        return []
-    return list(dict.fromkeys(m.digest for m in manifests if options.refresh or not store.has(m.digest)))
-
-
 def add_registry_referrers(store: BlobStore, report: PullReport | Arrival, source: RegistryReferrers,
                            subjects: list[Digest], options: ReferrerOptions) -> None:
     """Fetch the referrers of ``subjects`` from a registry into ``report`` (its requests and bytes

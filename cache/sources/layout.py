@@ -19,7 +19,7 @@ from cache.formats.index_json import REF_NAME, read_entries
 from cache.ingest.blobs import BlobPuller, Fetch
 from cache.ingest.commit import Arrival, commit
 from cache.ingest.pull import ReferrerOptions
-from cache.ingest.referrers import fetch_referrers, subjects_to_ask
+from cache.ingest.referrers import fetch_referrers
 from cache.ingest.report import PullReport
 from cache.model.digest import sha256_of
 from cache.model.manifests import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest, Platform, parse_manifest_or_index
@@ -140,7 +140,7 @@ def pull_from_layout(
     # bytes_fetched stays 0: a layout on disk is not a registry or the daemon
     arrival = Arrival(str(source), top, [manifest], chosen=manifest, platform=chosen or pulled.config.platform,
                       layers=pulled.layers)
-    subjects = subjects_to_ask(store, [top, manifest], referrers or ReferrerOptions())
+    subjects = (referrers or ReferrerOptions()).subjects(store, [top, manifest])
     if subjects:  # what export oci: wrote beside the image (cache/sources/layout_referrers.py); before the name
         from cache.sources.layout_referrers import LayoutReferrers
 

@@ -135,9 +135,8 @@ def pull_from_registry(
                                       floor=options.floor)
     try:
         origin: Origin = RegistryOrigin(client, ref)
-        from cache.ingest.referrers import add_registry_referrers, subjects_to_ask
-
         if local is not None:  # stored, and its referrers asked for again (--refresh-referrers): of the origin
+            from cache.ingest.referrers import add_registry_referrers
             from cache.store.attachments import image_manifests
 
             subjects = image_manifests(store, local.digest) if options.referrers.enabled else []
@@ -146,8 +145,11 @@ def pull_from_registry(
         if options.through is not None:
             origin = options.through(origin)
         arrival = _pull_online(store, origin, ref, source, options)
-        subjects = subjects_to_ask(store, [arrival.top, *arrival.manifests], options.referrers)
-        add_registry_referrers(store, arrival, origin.referrers(), subjects, options.referrers)  # before the name
+        subjects = options.referrers.subjects(store, [arrival.top, *arrival.manifests])
+        if subjects:  # before the name; a cached pull has none, and loads none of the fetching
+            from cache.ingest.referrers import add_registry_referrers
+
+            add_registry_referrers(store, arrival, origin.referrers(), subjects, options.referrers)
         report = commit(store, arrival, [name], started)
         origin.pulled(store, arrival.chosen or arrival.top, name)  # the remote is filled with them too
         return report
