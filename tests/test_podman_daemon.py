@@ -28,6 +28,7 @@ import pytest
 from cache.errors import DirectReadRefused, LayerhoardError
 from cache.model.digest import parse_digest
 from cache.model.refs import DaemonSource
+from cache.sources import layer_rebuild
 from cache.sources.containers_storage import ContainersStorage, parse_layers, podman_storage
 from cache.sources.daemon import pull_from_daemon
 from cache.sources.layer_rebuild import rebuild_layers
@@ -201,12 +202,29 @@ def test_one_new_layer_on_a_stored_base_reads_only_that_layer(podman: PodmanServ
     assert NEW_FILE <= read < len(BASE) // 4  # the 3 MB base was never read, not even to hash it
 
 
+def _pull_falls_back(podman: PodmanService, store: BlobStore, name: str, why: str) -> None:
+    """The direct read is refused and the save asked for, once. podman checks its own files when it
+    saves (a crc64 per file), so where its storage was changed behind its back the save fails too,
+    in one line, with nothing stored; otherwise the save gives the right image and the report says
+    ``why`` the storage was not read. Never a wrong layer stored."""
+    mark = podman.mark()
+    try:
+        report = pull_from_daemon(store, DaemonSource(name), docker_host=podman.host)
+    except LayerhoardError as error:
+        assert "\n" not in str(error) and "refused to save" in str(error)
+        assert os.listdir(store.blobs_dir) == [] and os.listdir(store.ingest_dir) == []
+    else:
+        assert report.route == "docker save" and why in (report.fallback or "")
+        for layer in report.layers:
+            assert "sha256:" + hashlib.sha256(stored_tar(store, layer.digest)).hexdigest() == layer.diff_id
+    assert len(podman.save_calls(mark)) == 1
+
+
 def test_a_changed_file_in_the_layer_folder_is_refused_and_falls_back(
     podman: PodmanService, store: BlobStore
 ) -> None:
-    """The rebuilt layer does not hash to its diff_id, so nothing of it is kept and the pull asks
-    for the save; podman checks its own files when it saves (a crc64 per file), so that save fails
-    too, in one line, and nothing is stored: never a wrong layer."""
+    """The rebuilt layer does not hash to its diff_id (asked of the rebuild itself, to see why), so
+    nothing of it is kept and the pull asks for the save."""
     name = IMAGES["victim"]
     victim = podman.layer_folder(name) / "v" / "victim.txt"
     original = victim.read_bytes()
@@ -220,17 +238,7 @@ def test_a_changed_file_in_the_layer_folder_is_refused_and_falls_back(
                     rebuild_layers(storage, storage.places(diff_ids, {diff_ids[-1]}), staging)
             finally:
                 staging.discard()
-        mark = podman.mark()
-        try:
-            report = pull_from_daemon(store, DaemonSource(name), docker_host=podman.host)
-        except LayerhoardError as error:
-            assert "\n" not in str(error) and "file integrity checksum failed" in str(error)
-            assert os.listdir(store.blobs_dir) == [] and os.listdir(store.ingest_dir) == []
-        else:
-            assert report.route == "docker save" and "hashes to" in (report.fallback or "")
-            for layer in report.layers:
-                assert "sha256:" + hashlib.sha256(stored_tar(store, layer.digest)).hexdigest() == layer.diff_id
-        assert len(podman.save_calls(mark)) == 1  # it fell back to the save
+        _pull_falls_back(podman, store, name, "hashes to")
     finally:
         victim.write_bytes(original)
 
@@ -273,6 +281,36 @@ def test_the_command_line_says_which_route(podman: PodmanService, tmp_path: Path
     report = json.loads(done.stdout)
     assert report["route"] == f"containers-storage {podman.driver}" and report["fallback"] is None
     assert f"layers read through containers-storage {podman.driver}" in done.stderr
+
+
+def test_a_layer_podman_deletes_while_it_is_read_fails_cleanly(
+    podman: PodmanService, store: BlobStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The files of the built image's top layer go away after its first file was opened (as `podman
+    rmi` removes them): the read is refused and the save asked for, which either fails in one line
+    with nothing stored (podman cannot read the layer either) or gives the right image."""
+    top = podman.inspect(IMAGES["built"])["RootFS"]["Layers"][-1]
+    folder = podman.layer_folder(IMAGES["built"])
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    original = layer_rebuild.LayerFolder.open
+    opened: list[bytes] = []
+
+    def open_then_lose_the_files(self: layer_rebuild.LayerFolder, name: bytes, size: int) -> int:
+        if f"layer {top} " in self._what:  # type: ignore[attr-defined]
+            if len(opened) == 1:
+                for entry in os.listdir(folder):
+                    shutil.move(str(folder / entry), aside / entry)
+            opened.append(name)
+        return original(self, name, size)
+
+    monkeypatch.setattr(layer_rebuild.LayerFolder, "open", open_then_lose_the_files)
+    try:
+        _pull_falls_back(podman, store, IMAGES["built"], "No such file or directory")
+    finally:
+        for entry in os.listdir(aside):
+            shutil.move(str(aside / entry), folder / entry)
+    assert len(opened) >= 2
 
 
 def test_a_user_who_cannot_read_the_graph_root_falls_back_to_save(

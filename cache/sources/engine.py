@@ -70,6 +70,7 @@ def not_found(name: str, host: str) -> ImageNotFound:
 
 
 def refused(host: str, doing: str, name: str, detail: str) -> SourceError:
+    detail = " ".join(str(detail).split())  # podman's messages list causes on lines of their own
     return SourceError(f"the Docker daemon at {host} refused to {doing} {name!r}: {detail}")
 
 
