@@ -93,14 +93,14 @@ def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) 
     pending = [root]
     seen: set[Digest] = set()
 
-    def extra(digest: Digest) -> Iterator[Digest]:
-        if graph is None:
-            return
+    def follow(digest: Digest) -> list[Digest]:
+        """The edges no manifest names, of a blob that has some (``graph.has_edges``, false for
+        nearly all): referrers and cosign manifests are walked, derived blobs returned as leaves."""
+        assert graph is not None
         pending.extend(graph.attached_to(digest))
-        for made in graph.derived_from(digest):
-            if made not in seen:
-                seen.add(made)
-                yield made
+        made = [blob for blob in graph.derived_from(digest) if blob not in seen]
+        seen.update(made)
+        return made
 
     while pending:
         digest = pending.pop()
@@ -108,7 +108,8 @@ def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) 
             continue
         seen.add(digest)
         yield digest
-        yield from extra(digest)
+        if graph is not None and graph.has_edges(digest):
+            yield from follow(digest)
         try:
             if store.size(digest) > MAX_MANIFEST_BYTES:
                 continue  # not a manifest: never read a big blob into memory
@@ -122,7 +123,8 @@ def blobs_of(store: BlobStore, root: Digest, graph: ContentGraph | None = None) 
             if leaf not in seen:
                 seen.add(leaf)
                 yield leaf
-                yield from extra(leaf)
+                if graph is not None and graph.has_edges(leaf):
+                    yield from follow(leaf)
 
 
 def missing_blobs(store: BlobStore, root: Digest) -> list[Digest]:
