@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cache.delivery.documents import read_document
+from cache.delivery.json_files import read_document
 from cache.errors import DeliveryError, InvalidDigest, InvalidReference, LayerhoardError
 from cache.model.digest import Digest, parse_digest, sha256_of
 from cache.model.manifests import Index, Manifest, parse_manifest_or_index

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache.delivery.documents import read_document
+from cache.delivery.json_files import read_document
 from cache.errors import DeliveryError, InvalidReference, LayerhoardError
 from cache.model.digest import Digest, parse_digest
 from cache.model.manifests import Platform
