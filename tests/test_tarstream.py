@@ -149,6 +149,16 @@ def test_truncated_compressed_tar_is_cut_off() -> None:
         entries(corrupt)
 
 
+def test_a_compressed_tar_must_end_whole_after_its_end_blocks() -> None:
+    """The tar ends at its end-of-archive blocks, but its compressed stream must end whole too: a
+    gzip trailer that does not match (or damaged data that still decodes to zero blocks, which isal
+    lets through more often than zlib) is corrupt, not a clean end."""
+    data = bytearray(build(tarfile.GNU_FORMAT, mode="w:gz", big=False))
+    data[-8] ^= 0xFF  # the gzip trailer's CRC-32
+    with pytest.raises(TarFormatError, match="corrupt"):
+        entries(bytes(data))
+
+
 def test_every_cut_is_either_cut_off_or_a_clean_member_boundary() -> None:
     data = build(tarfile.GNU_FORMAT, big=False)
     full = entries(data)

@@ -184,6 +184,9 @@ class TarStream:
             block = bytes(self._header)
             if block == _ZERO:
                 self._ended = self.complete = True
+                finish = getattr(self._source, "finish", None)
+                if finish is not None:
+                    finish()  # a compressed tar: its stream must end whole too (see _Decompressed)
                 return None
             if not header_ok(block):
                 raise TarFormatError(f"bad tar header checksum at byte {start}")
@@ -338,6 +341,14 @@ class _Decompressed:
             raise TarCutOff(str(error)) from None
         except CorruptLayer as error:
             raise TarFormatError(str(error)) from None
+
+    def finish(self) -> None:
+        """Read the compressed stream to its end once the tar has ended: corrupt compressed data
+        can still decode to zero blocks (isal accepts some damaged Huffman tables that zlib refuses),
+        and only the stream's own end (gzip's CRC and length) proves it whole."""
+        scratch = memoryview(bytearray(64 << 10))
+        while self.readinto(scratch):
+            pass
 
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))

@@ -161,7 +161,7 @@ def _pull_direct(
     store.put_bytes(config_raw, OCI_CONFIG, str(source))
     report = record_stored(store, config_raw, [ref], str(source), started)
     if report is None:
-        raise BlobsEvicted(f"a layer of {source.name} was removed from the cache while it was pulled")
+        raise BlobsEvicted(f"a layer of {source.name} was evicted while in use; pull again")
     read = {str(layer.diff_id) for layer in rebuilt}
     for layer_report in report.layers:
         layer_report.reused = layer_report.diff_id not in read
