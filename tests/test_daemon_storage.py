@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def _pull_refused_or_right(dockerd: Daemon, store: BlobStore, name: str, why: st
     try:
         report = pull_from_daemon(store, DaemonSource(name), docker_host=dockerd.host)
     except LayerhoardError as error:
-        assert "\n" not in str(error)
+        assert "\n" not in str(error) and why in str(error)  # the save's failure, and why it was needed
         assert os.listdir(store.blobs_dir) == [] and os.listdir(store.ingest_dir) == []  # nothing, not even partly
         assert store.index.blobs_for_diff_id(parse_digest(_inspect(dockerd, name)["RootFS"]["Layers"][-1])) == {}
         return
@@ -167,11 +168,13 @@ def test_a_layer_the_daemon_deletes_while_it_is_read_fails_cleanly(
     aside = tmp_path / "aside"
     original = layer_rebuild.LayerFolder.open
     opened: list[bytes] = []
+    once = threading.Lock()  # two layers are rebuilt at once: the folder is moved by one of them only
 
     def open_then_lose_the_folder(folder: object, name: bytes, size: int) -> int:
-        if opened and not aside.exists():
-            shutil.move(str(diff), aside)
-        opened.append(name)
+        with once:
+            if opened and not aside.exists():
+                shutil.move(str(diff), aside)
+            opened.append(name)
         return original(folder, name, size)  # type: ignore[arg-type]
 
     monkeypatch.setattr(layer_rebuild.LayerFolder, "open", open_then_lose_the_folder)

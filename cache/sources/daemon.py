@@ -32,7 +32,14 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from cache.errors import DirectReadRefused, InvalidDigest, InvalidManifest, InvalidReference, SourceError
+from cache.errors import (
+    DirectReadRefused,
+    InvalidDigest,
+    InvalidManifest,
+    InvalidReference,
+    LayerhoardError,
+    SourceError,
+)
 from cache.formats.docker_save import LayerChooser, SaveContents, SaveReader
 from cache.ingest.report import PullReport
 from cache.model.digest import Digest, parse_digest
@@ -100,27 +107,47 @@ def pull_from_daemon(
             return _pull_direct(store, engine, source, image_id, diff_ids, ref, started, progress, containerd_root)
         except DirectReadRefused as why:
             fallback = str(why)
-        sizes = _layer_sizes(engine.history(source.name), len(diff_ids))
-        learned: dict[str, Digest] = {}
-        for attempt in (1, 2):
-            chooser = LayerChooser(store, diff_ids, sizes, learned)
-            contents = _stream_save(engine, source.name, chooser, store, progress, info.get("Size"))
-            try:
-                what = f"docker save of {source.name}"
-                entry = pick_entry(find_entries(contents, what), what, image_id)
-                prepared = prepare(store, contents, entry, what, image_id=image_id, diff_ids=diff_ids)
-                report = commit(store, contents, prepared, [ref], str(source), started)
-                report.requests, report.route, report.fallback = attempt, "docker save", fallback
-                return report
-            except MissingLayers:
-                if attempt == 2:
-                    raise SourceError(f"docker save of {source.name} did not give every layer twice in a row") from None
-                learned = contents.path_diff_ids()  # now exact: the second pass keeps the right layers
-            finally:
-                contents.discard()
-        raise AssertionError("unreachable")
+        try:
+            return _pull_saved(store, engine, source, info, image_id, diff_ids, ref, started, progress, fallback)
+        except LayerhoardError as error:  # the one line also says why the save was needed
+            error.args = (f"{error} (streamed docker save because {fallback})", *error.args[1:])
+            raise
     finally:
         engine.close()
+
+
+def _pull_saved(
+    store: BlobStore,
+    engine: Engine,
+    source: DaemonSource,
+    info: dict[str, Any],
+    image_id: Digest,
+    diff_ids: list[Digest],
+    ref: str,
+    started: float,
+    progress: ProgressFactory | None,
+    fallback: str,
+) -> PullReport:
+    """The image through one ``docker save`` stream (twice when the first pass kept the wrong layers)."""
+    sizes = _layer_sizes(engine.history(source.name), len(diff_ids))
+    learned: dict[str, Digest] = {}
+    for attempt in (1, 2):
+        chooser = LayerChooser(store, diff_ids, sizes, learned)
+        contents = _stream_save(engine, source.name, chooser, store, progress, info.get("Size"))
+        try:
+            what = f"docker save of {source.name}"
+            entry = pick_entry(find_entries(contents, what), what, image_id)
+            prepared = prepare(store, contents, entry, what, image_id=image_id, diff_ids=diff_ids)
+            report = commit(store, contents, prepared, [ref], str(source), started)
+            report.requests, report.route, report.fallback = attempt, "docker save", fallback
+            return report
+        except MissingLayers:
+            if attempt == 2:
+                raise SourceError(f"docker save of {source.name} did not give every layer twice in a row") from None
+            learned = contents.path_diff_ids()  # now exact: the second pass keeps the right layers
+        finally:
+            contents.discard()
+    raise AssertionError("unreachable")
 
 
 def _pull_direct(

@@ -16,9 +16,11 @@ hashing right raises :class:`DirectReadRefused` with one line; the caller then s
 save`` instead. Nothing read here is published by this module: the caller publishes once the
 whole image checked out.
 
-What it costs: only the layers asked for are read, each once, from the page cache or disk; several
-run on as many threads as there are cores (hashlib, zstd and reads release the GIL), each with the
-three-thread pipeline of the save stream (hash the tar, zstd, hash and write the blob).
+What it costs: only the layers asked for are read, each once, from the page cache or disk, through
+the three-thread pipeline of the save stream (hash the tar, zstd, hash and write the blob), with
+zstd's own workers spreading each layer over the cores. Two layers run at once (hashlib, zstd and
+reads release the GIL): one fills the cores while the other's pipeline starts or drains, and memory
+stays that of two pipelines whatever the number of cores.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from cache.sources.staging import BUFFER_BYTES, BackgroundSink, StagedBlob, Stag
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block the open
 MAX_CONFIG = 64 << 20  # as the store's own limit for a config
+LAYERS_AT_ONCE = 2  # see the module's docstring: cores come from zstd's workers, not from more layers
 
 
 def root_and_driver(info: dict[str, Any], drivers: Collection[str], whose: str) -> tuple[str, str]:
@@ -319,8 +322,8 @@ def rebuild_layers(
     staging: Staging,
     progress: ProgressFactory | None = None,
 ) -> list[RebuiltLayer]:
-    """Each layer of ``places`` rebuilt, as many at once as there are cores; the first failure
-    stops the rest and is raised (the staged files stay for ``staging.discard``)."""
+    """Each layer of ``places`` rebuilt, ``LAYERS_AT_ONCE`` at a time; the first failure stops the
+    rest and is raised (the staged files stay for ``staging.discard``)."""
     if not places:
         return []
     stop = threading.Event()
@@ -334,7 +337,7 @@ def rebuild_layers(
 
     if len(places) == 1:
         return [one(places[0])]
-    workers = min(len(places), os.cpu_count() or 2)
+    workers = min(len(places), LAYERS_AT_ONCE)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layerhoard-rebuild") as pool:
         futures = [pool.submit(one, place) for place in places]
     errors = [error for future in futures if (error := future.exception()) is not None]

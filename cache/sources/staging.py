@@ -65,7 +65,7 @@ class StagedWriter:
 
 
 BUFFER_BYTES = 1 << 20  # one read: large enough that hashing and zstd release the GIL for long
-BUFFERS = 4  # buffers in flight between the reading and the compressing thread (memory bound)
+BUFFERS = 2  # buffers in flight to the compressing thread, which hands each to zstd's jobs at once (memory bound)
 WRITE_QUEUE = 4  # zstd output chunks waiting for the writing thread (memory bound)
 
 
