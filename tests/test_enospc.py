@@ -33,7 +33,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        # the pull's background diff_id check may still hold the cache open: detach it anyway
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
 
 
 def test_full_disk_leaves_nothing_and_next_pull_works(small_fs: Path, registry: Registry, tmp_path: Path) -> None:
