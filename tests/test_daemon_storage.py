@@ -14,7 +14,9 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +231,27 @@ def test_a_user_who_cannot_read_the_data_root_falls_back_to_save(
     assert route == "docker save", fallback
     assert f"cannot read the daemon's data root {dockerd.workdir / 'data'}: Permission denied" in fallback
     assert len(dockerd.save_calls(mark)) == 1
+
+
+def test_a_user_who_owns_the_data_root_reads_it_directly(member: tuple[int, int], tmp_path: Path) -> None:
+    """Rootless docker's case: the data root is the pulling user's own (in their home), so a user
+    who is not root reads the new layers from it, with no save. Here a private dockerd's data root
+    is handed to the second user, which is what a rootless daemon's storage looks like to its user."""
+    top = Path(tempfile.mkdtemp(prefix="lh-owned-", dir="/tmp"))  # not under pytest's 0700 folders
+    os.chmod(top, 0o755)
+    daemons = start_daemon(top)
+    owned = next(daemons)
+    try:
+        image = build_image(tmp_path / "layout", [BASE, NEW], tag="t")
+        load_into_daemon(image.layout, "t", owned, "lh/owned:1")
+        subprocess.run(["chown", "-R", f"{member[0]}:{member[1]}", str(top / "data")], check=True)
+        mark = owned.mark()
+        route, fallback = pull_as_member(member, owned.socket, "lh/owned:1")
+        assert (route, fallback) == ("overlay2", None)
+        assert owned.save_calls(mark) == []
+    finally:
+        daemons.close()  # stops the daemon
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_a_daemon_on_another_driver_falls_back_to_save(tmp_path: Path) -> None:
