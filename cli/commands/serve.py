@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socketserver
 import ssl
 
 import click
@@ -72,6 +73,11 @@ def serve_command(ctx: Context, listen: str, default_registry: str, upstreams: t
             f"{', basic auth' if htpasswd else ''}"
             f"{', client certificates required' if tls_client_ca else ''}"
             f"{', upstreams ' + ', '.join(options.upstreams) if options.upstreams else ''})")
+    serve_until_interrupted(server)
+
+
+def serve_until_interrupted(server: socketserver.BaseServer) -> None:
+    """Serve until Ctrl-C, then close the listening socket (serve and ui)."""
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import webbrowser
 import click
 
 from cache.view.standalone import make_view_server
+from cli.commands.serve import serve_until_interrupted
 from cli.output import Context, pass_context
 
 
@@ -25,9 +26,4 @@ def ui_command(ctx: Context, listen: str, open_browser: bool) -> None:
     ctx.result({"url": server.url}, server.url)
     if open_browser:
         webbrowser.open(server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)
